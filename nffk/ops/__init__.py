@@ -1,4 +1,5 @@
 """Operations: one file per op, each with a plan, a reference, a custom op and backends."""
+from nffk.ops.conv import ConvGraph, conv  # noqa: F401
 from nffk.ops.linear import LinearPlan, linear  # noqa: F401
 from nffk.ops.segment_sum import segment_sum  # noqa: F401
 from nffk.ops.spherical_harmonics import spherical_harmonics  # noqa: F401
