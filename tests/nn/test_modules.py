@@ -66,9 +66,10 @@ def test_spherical_harmonics_module_matches_e3nn(normalization, seeded):
     for irreps in ("0e+1o+2e", "1o+3o", "0e+1o+2e+3o+4e+5o+6e"):
         theirs = e3nn.o3.SphericalHarmonics(irreps, True, normalization)
         ours = nffk.nn.SphericalHarmonics(irreps, True, normalization)
-        x = torch.randn(11, 3, generator=seeded)
-        assert close(ours(x), theirs(x))
-        assert close(nffk.nn.from_e3nn(theirs)(x), theirs(x))
+        x = torch.randn(11, 3, generator=seeded, dtype=torch.float64)
+        assert close(ours(x), theirs(x), 1e-12)
+        assert close(nffk.nn.from_e3nn(theirs)(x), theirs(x), 1e-12)
+        assert close(ours(x.float()), theirs(x.float()), 1e-5)
     assert nffk.nn.SphericalHarmonics(2, True).irreps_out == e3nn.o3.Irreps("0e+1o+2e")
     with pytest.raises(ValueError, match="not a spherical harmonic"):
         nffk.nn.SphericalHarmonics("0e+1e", True)
