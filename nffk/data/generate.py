@@ -200,8 +200,7 @@ def generate_dataset(root=DEFAULT_ROOT, num_structures: int = DEFAULT_STRUCTURES
 @contextmanager
 def _pool(workers: int, num_tasks: int):
     if workers == 1 or num_tasks <= 1:
-        with _openmp_threads(1):
-            yield None
+        yield None
         return
     with _single_threaded_children():
         # spawn, not fork: the parent may hold torch's thread pools, which do not survive a fork.
@@ -214,24 +213,6 @@ def _pool(workers: int, num_tasks: int):
         raise
     pool.close()
     pool.join()
-
-
-@contextmanager
-def _openmp_threads(count: int):
-    """Labelling in this process: tblite's OpenMP (the system libgomp, not torch's) gets `count`
-    threads, since its default of one thread per core thrashes on a busy machine."""
-    try:
-        import ctypes
-        gomp = ctypes.CDLL("libgomp.so.1")
-        saved = gomp.omp_get_max_threads()
-        gomp.omp_set_num_threads(count)
-    except (OSError, AttributeError):
-        yield
-        return
-    try:
-        yield
-    finally:
-        gomp.omp_set_num_threads(saved)
 
 
 def _ignore_sigint():
