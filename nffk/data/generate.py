@@ -65,12 +65,27 @@ def plan(num_structures: int, num_molecules: int, seed: int, fractions, molecule
             for split, todo in items.items()}
 
 
+_MOLECULES: qm9.Molecules | None = None  # this process's copy of QM9, for `_label_chunk`
+
+
+def _start_worker(qm9_cache):
+    """Each worker reads the QM9 cache once, so tasks carry only (row, conformer) pairs and
+    memory stays small however many structures are asked for. Ctrl-C reaches the whole
+    process group; only the parent handles it (and stops the pool)."""
+    global _MOLECULES
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _MOLECULES = qm9.load_qm9(qm9_cache)
+
+
 def _label_chunk(task):
-    """Worker: label one chunk. Returns the task id and, per structure, a Conformer or None."""
-    task_id, seed, sampler, work = task
+    """Label one chunk. Returns the task id and, per structure, a Conformer or None."""
+    task_id, seed, sampler, chunk = task
     settings = SamplerSettings(**sampler)
-    return task_id, [sample_conformer(numbers, positions, seed, molecule, conformer, settings)
-                     for molecule, conformer, numbers, positions in work]
+    out = []
+    for row, conformer in chunk:
+        numbers, positions = _MOLECULES.get(row)
+        out.append(sample_conformer(numbers, positions, seed, int(_MOLECULES.index[row]), conformer, settings))
+    return task_id, out
 
 
 @contextmanager
@@ -164,15 +179,13 @@ def generate_dataset(root=DEFAULT_ROOT, num_structures: int = DEFAULT_STRUCTURES
     for path, items in todo:
         chunks = [items[k:k + CHUNK] for k in range(0, len(items), CHUNK)]
         pending[path] = {"items": items, "results": [None] * len(chunks), "left": len(chunks)}
-        for c, chunk in enumerate(chunks):
-            work = [(int(molecules.index[row]), conformer, *molecules.get(row)) for row, conformer in chunk]
-            tasks.append(((str(path), c), int(seed), sampler.as_dict(), work))
+        tasks.extend(((str(path), c), int(seed), sampler.as_dict(), chunk) for c, chunk in enumerate(chunks))
 
     start = time.perf_counter()
     labelled = 0
     bar, bar_task = _progress(progress, num_structures, done)
     try:
-        with bar, _pool(workers, len(tasks)) as pool:
+        with bar, _pool(workers, len(tasks), molecules, qm9_cache) as pool:
             results = map(_label_chunk, tasks) if pool is None else pool.imap_unordered(_label_chunk, tasks)
             for (path_name, c), conformers in results:
                 entry = pending[Path(path_name)]
@@ -198,13 +211,19 @@ def generate_dataset(root=DEFAULT_ROOT, num_structures: int = DEFAULT_STRUCTURES
 
 
 @contextmanager
-def _pool(workers: int, num_tasks: int):
+def _pool(workers: int, num_tasks: int, molecules: qm9.Molecules, qm9_cache):
+    global _MOLECULES
     if workers == 1 or num_tasks <= 1:
-        yield None
+        _MOLECULES = molecules  # label in this process
+        try:
+            yield None
+        finally:
+            _MOLECULES = None
         return
     with _single_threaded_children():
         # spawn, not fork: the parent may hold torch's thread pools, which do not survive a fork.
-        pool = multiprocessing.get_context("spawn").Pool(min(workers, num_tasks), initializer=_ignore_sigint)
+        pool = multiprocessing.get_context("spawn").Pool(min(workers, num_tasks), initializer=_start_worker,
+                                                         initargs=(qm9_cache,))
     try:
         yield pool
     except BaseException:
@@ -213,11 +232,6 @@ def _pool(workers: int, num_tasks: int):
         raise
     pool.close()
     pool.join()
-
-
-def _ignore_sigint():
-    """Ctrl-C reaches the whole process group; only the parent handles it (and stops the pool)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _prepare_root(root: Path, settings: dict, overwrite: bool) -> None:

@@ -8,6 +8,7 @@ and offsets) in `$NFFK_CACHE_DIR` or `~/.cache/nffk`.
 """
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,11 @@ def load_qm9(cache: Path | str | None = None) -> Molecules:
         except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
             pass
     molecules = parse_csvs(data_folder())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_npz(path, numbers=molecules.numbers, positions=molecules.positions,
-                    ptr=molecules.ptr, index=molecules.index)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_npz(path, numbers=molecules.numbers, positions=molecules.positions,
+                        ptr=molecules.ptr, index=molecules.index)
+    except OSError as error:  # a read-only home only costs the parse next time
+        warnings.warn(f"cannot cache the parsed QM9 molecules in {path} ({error}); set NFFK_CACHE_DIR "
+                      "to a writable folder to save a few seconds per run", stacklevel=2)
     return molecules
