@@ -137,7 +137,7 @@ def generate_dataset(root=DEFAULT_ROOT, num_structures: int = DEFAULT_STRUCTURES
     if conformers_per_molecule < 1:
         raise ValueError(f"conformers_per_molecule must be >= 1, got {conformers_per_molecule}")
     if num_molecules is None:
-        num_molecules = math.ceil(num_structures / conformers_per_molecule)
+        num_molecules = max(3, math.ceil(num_structures / conformers_per_molecule))  # one per split at least
     molecules = qm9.load_qm9(qm9_cache)
     if not 3 <= num_molecules <= min(num_structures, len(molecules)):
         raise ValueError(f"num_molecules must lie in [3, min(num_structures, {len(molecules)} QM9 molecules)], "
