@@ -6,7 +6,7 @@ from ase import Atoms
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from nffk.data import Structure, collate, make_loader
-from nffk.data.store import StructureDataset, concatenate_shards
+from nffk.data.store import StructureDataset, concatenate_shards, read_shard, write_shard
 
 
 def random_structures(count, rng):
@@ -68,18 +68,15 @@ def test_fields_dtypes_and_to():
     assert batch.positions.grad is not None
 
 
-def dataset_of(structures):
-    from nffk.data.store import write_shard, read_shard
-    import tempfile, pathlib
-    with tempfile.TemporaryDirectory() as folder:
-        path = pathlib.Path(folder) / "train-00000.npz"
-        write_shard(path, structures)
-        return StructureDataset(concatenate_shards([read_shard(path)]))
+def dataset_of(structures, folder):
+    path = folder / "train-00000.npz"
+    write_shard(path, structures)
+    return StructureDataset(concatenate_shards([read_shard(path)]))
 
 
-def test_loader_order_is_seeded_and_workers_agree():
+def test_loader_order_is_seeded_and_workers_agree(tmp_path):
     rng = np.random.default_rng(1)
-    data = dataset_of(random_structures(20, rng))
+    data = dataset_of(random_structures(20, rng), tmp_path)
 
     def energies(loader):
         return [b.energy.tolist() for b in loader]
