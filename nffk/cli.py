@@ -7,6 +7,7 @@ import sys
 # name -> (module, one-line help). The module defines `add_arguments(parser)` and `run(args)`.
 SUBCOMMANDS = {
     "info": ("nffk.cli_info", "show the installed backends, threads and versions"),
+    "data": ("nffk.data.cli", "generate, import or describe a dataset (generate | import | info)"),
 }
 
 
