@@ -335,8 +335,12 @@ def _frontier_terms_plain(theta, u, fixed):
     return [power, np.full_like(power, np.log(fixed))]
 
 
-def _frontier_points(x, loss, sizes):
-    """Envelope indices used for the fit, and those left out for being set by an edge model."""
+def frontier_indices(x, loss, sizes=None):
+    """(used, left_out): envelope indices fitted, and those left out for being set by the smallest
+    or largest model (see `fit_frontier`)."""
+    x = np.asarray(x, dtype=np.float64)
+    loss = np.asarray(loss, dtype=np.float64)
+    sizes = None if sizes is None else np.asarray(sizes, dtype=np.float64)
     envelope = lower_envelope(x, loss)
     if sizes is None or len(np.unique(sizes)) < 3:
         return envelope, envelope[:0]
@@ -373,7 +377,7 @@ def fit_frontier(x, loss, *, sizes=None, l_inf="fit", axis: str = "compute", n_b
     min_points = n_params + 1 if min_points is None else min_points
     if len(x) == 0:
         raise FitError(f"fit_frontier: no finite positive (x, loss) points ({dropped} dropped)")
-    index, left_out = _frontier_points(x, loss, sizes)
+    index, left_out = frontier_indices(x, loss, sizes)
     fx, floss = x[index], loss[index]
     if len(fx) < min_points:
         extra = f" ({len(left_out)} more set by the smallest or largest model were left out)" if len(left_out) else ""
@@ -385,7 +389,7 @@ def fit_frontier(x, loss, *, sizes=None, l_inf="fit", axis: str = "compute", n_b
     def refit(bx, bl, bs):
         # The envelope is part of the estimator: each replicate resamples all points and picks
         # its own envelope, so the interval also covers which points happen to be lowest.
-        envelope, _ = _frontier_points(bx, bl, None if sizes is None else bs)
+        envelope, _ = frontier_indices(bx, bl, None if sizes is None else bs)
         if len(envelope) < min_points:
             raise FitError("too few envelope points in replicate")
         p, _, _ = _fit_frontier_points(bx[envelope], bl[envelope], l_inf, starts=[theta])
@@ -700,7 +704,9 @@ def isoflop_profiles(run, N, C, loss, *, n_budgets: int = 5, budgets=None, min_r
         if not covered:
             return IsoflopProfiles(budgets=[], a=None, n_interior=0,
                                    warnings=[f"no compute budget is reached by {min_runs} runs"])
-        log_budgets = np.linspace(covered[0], covered[-1], n_budgets)
+        # evenly spread over the budgets that enough runs reach (not over the whole range:
+        # that can be covered in pieces)
+        log_budgets = np.asarray(covered)[np.unique(np.linspace(0, len(covered) - 1, n_budgets).round().astype(int))]
     else:
         log_budgets = np.log(np.asarray(budgets, dtype=np.float64))
     profiles = []

@@ -103,6 +103,7 @@ class RunInfo:
     n_records: int  # validation records in metrics.jsonl (after de-duplicating steps)
     n_points: int  # records kept after dropping the first steps
     total_steps: int
+    seconds: float | None = None  # training time over all attempts (run.json), if recorded
 
 
 @dataclass
@@ -141,7 +142,8 @@ def _load_run(run_dir: Path, sweep_dir: Path, drop_fraction: float):
     else:
         label = arch_label(spec.get("arch", "?"), spec.get("lmax"))
     info = RunInfo(run_id=run_id, sweep_dir=str(sweep_dir), status=run_meta.get("status", "unknown"),
-                   spec=spec, label=label, n_records=len(records), n_points=len(kept), total_steps=total)
+                   spec=spec, label=label, n_records=len(records), n_points=len(kept), total_steps=total,
+                   seconds=run_meta.get("seconds"))
     return info, kept
 
 
@@ -165,12 +167,17 @@ def load_sweeps(sweep_dirs, drop_fraction: float = 0.05) -> SweepData:
         if not (sweep_dir / SWEEP_FILE).exists() and not (sweep_dir / RUNS_DIR).is_dir():
             raise ValueError(f"{str(sweep_dir)!r} is not a sweep directory: it has neither "
                              f"{SWEEP_FILE} nor a {RUNS_DIR}/ folder")
+        grid_order = []
         if (sweep_dir / SWEEP_FILE).exists():
             meta = read_json(sweep_dir / SWEEP_FILE)
             meta["path"] = str(sweep_dir)
             sweeps.append(meta)
+            grid_order = [run.get("run_id") for run in meta.get("runs", [])]
         runs_root = sweep_dir / RUNS_DIR
-        run_dirs = sorted(p for p in runs_root.iterdir() if p.is_dir()) if runs_root.is_dir() else []
+        run_dirs = [p for p in runs_root.iterdir() if p.is_dir()] if runs_root.is_dir() else []
+        # the grid's order (architectures as the sweep lists them), then any other folders by name
+        rank = {run_id: i for i, run_id in enumerate(grid_order)}
+        run_dirs.sort(key=lambda p: (rank.get(p.name, len(rank)), p.name))
         for run_dir in run_dirs:
             info, kept = _load_run(run_dir, sweep_dir, drop_fraction)
             if info.n_records == 0 and info.status == "unknown":
