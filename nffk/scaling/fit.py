@@ -350,7 +350,7 @@ def frontier_indices(x, loss, sizes=None):
 
 @_single_threaded
 def fit_frontier(x, loss, *, sizes=None, l_inf="fit", axis: str = "compute", n_boot: int = 200,
-                 ci: float = 0.95, seed: int = 0, groups=None, min_points: int | None = None) -> FrontierFit:
+                 ci: float = 0.95, seed: int = 0, min_points: int | None = None) -> FrontierFit:
     """Fit L(x) = L_inf + F x^-gamma to the lowest loss reached at each x.
 
     x: compute (FLOPs) or wall-clock seconds of every validation point of every run of one
@@ -359,7 +359,7 @@ def fit_frontier(x, loss, *, sizes=None, l_inf="fit", axis: str = "compute", n_b
     sizes: model size N of each point. When given (and there are 3 or more sizes), envelope
     points set by the smallest or the largest model are left out: whether a smaller (larger)
     model would have done better there is unknown, and keeping them bends the fitted curve.
-    Bootstrap replicates resample all points (or whole `groups`, e.g. run ids) and re-take the envelope.
+    Bootstrap replicates resample the envelope points.
     """
     if axis not in ("compute", "wall"):
         raise ValueError(f"axis must be 'compute' or 'wall', got {axis!r}")
@@ -368,11 +368,6 @@ def fit_frontier(x, loss, *, sizes=None, l_inf="fit", axis: str = "compute", n_b
     columns = {"x": x, "loss": loss} if sizes is None else {"x": x, "loss": loss, "sizes": sizes}
     data, keep = _clean(columns, "fit_frontier")
     x, loss, sizes, dropped = data["x"], data["loss"], data.get("sizes"), int((~keep).sum())
-    if groups is not None:
-        groups = np.asarray(groups)
-        if len(groups) != len(keep):
-            raise FitError(f"groups must have one entry per point ({len(keep)}), got {len(groups)}")
-        groups = groups[keep]
     n_params = 3 if l_inf == "fit" else 2
     min_points = n_params + 1 if min_points is None else min_points
     if len(x) == 0:
@@ -386,17 +381,15 @@ def fit_frontier(x, loss, *, sizes=None, l_inf="fit", axis: str = "compute", n_b
                        "validation points)")
     params, theta, rmse = _fit_frontier_points(fx, floss, l_inf)
 
-    def refit(bx, bl, bs):
-        # The envelope is part of the estimator: each replicate resamples all points and picks
-        # its own envelope, so the interval also covers which points happen to be lowest.
-        envelope, _ = frontier_indices(bx, bl, None if sizes is None else bs)
-        if len(envelope) < min_points:
-            raise FitError("too few envelope points in replicate")
-        p, _, _ = _fit_frontier_points(bx[envelope], bl[envelope], l_inf, starts=[theta])
+    def refit(bx, bl):
+        if len(np.unique(bx)) < n_params:
+            raise FitError("too few distinct points in replicate")
+        p, _, _ = _fit_frontier_points(bx, bl, l_inf, starts=[theta])
         return p
 
-    boot = bootstrap(refit, x, loss, x if sizes is None else sizes, n_boot=n_boot, ci=ci, seed=seed,
-                     groups=groups)
+    # Intervals resample the envelope points (given which points form the envelope). Re-taking
+    # the envelope of resampled raw points instead biases it upwards: a minimum over fewer points.
+    boot = bootstrap(refit, fx, floss, n_boot=n_boot, ci=ci, seed=seed)
     ci_values = {name: boot.ci.get(name, [float("nan")] * 2) for name in params}
     notes = []
     serious = False
@@ -669,8 +662,8 @@ def intervals_overlap(ci1, ci2) -> bool:
 class IsoflopProfiles(_Serialisable):
     """Loss against N at fixed compute budgets, interpolated along each run's curve (log-log).
 
-    For each budget a parabola in log N is fitted through the runs that reach it; its vertex
-    (when it lies inside the sampled sizes) estimates N*(C). The slope of log N* against log C
+    For each budget whose lowest loss is not at the smallest or largest size, a parabola in
+    log N is fitted around that lowest point; its vertex estimates N*(C). The slope of log N* against log C
     estimates the allocation exponent a independently of the L(N, D) fit.
     """
 
@@ -719,15 +712,19 @@ def isoflop_profiles(run, N, C, loss, *, n_budgets: int = 5, budgets=None, min_r
         order = np.argsort(sizes)
         sizes, losses = np.asarray(sizes)[order], np.asarray(losses)[order]
         entry = {"C": float(np.exp(lc)), "N": sizes.tolist(), "loss": losses.tolist(), "N_opt": None,
-                 "loss_opt": None, "interior": False, "parabola": None}
-        if len(np.unique(sizes)) >= 3:
-            coefs = np.polyfit(np.log(sizes), np.log(losses), 2)
+                 "loss_opt": None, "interior": False, "parabola": None, "parabola_N": None}
+        lowest = int(np.argmin(losses)) if len(losses) else 0
+        # A parabola in log N only describes the profile near its minimum: fit the lowest point
+        # and up to two neighbours on each side, and only when the lowest point is not an end.
+        if len(np.unique(sizes)) >= 3 and 0 < lowest < len(sizes) - 1:
+            window = slice(max(0, lowest - 2), lowest + 3)
+            coefs = np.polyfit(np.log(sizes[window]), np.log(losses[window]), 2)
             entry["parabola"] = coefs.tolist()
-            if coefs[0] > 0:
-                vertex = -coefs[1] / (2 * coefs[0])
-                if np.log(sizes[0]) < vertex < np.log(sizes[-1]):
-                    entry.update(N_opt=float(np.exp(vertex)), loss_opt=float(np.exp(np.polyval(coefs, vertex))),
-                                 interior=True)
+            entry["parabola_N"] = [float(sizes[window][0]), float(sizes[window][-1])]
+            vertex = -coefs[1] / (2 * coefs[0]) if coefs[0] > 0 else None
+            if vertex is not None and np.log(sizes[0]) < vertex < np.log(sizes[-1]):
+                entry.update(N_opt=float(np.exp(vertex)), loss_opt=float(np.exp(np.polyval(coefs, vertex))),
+                             interior=True)
         profiles.append(entry)
     interior = [p for p in profiles if p["interior"]]
     a = None

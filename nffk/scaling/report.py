@@ -543,7 +543,7 @@ def _plot_isoflop(data, fits, path):
             colour = cmap(0.85 * i / max(1, len(budgets) - 1))
             ax.plot(budget["N"], budget["loss"], "o", color=colour, label=f"C = {budget['C']:.2g}")
             if budget["parabola"] is not None:
-                n = np.geomspace(min(budget["N"]), max(budget["N"]), 60)
+                n = np.geomspace(*budget["parabola_N"], 60)
                 ax.plot(n, np.exp(np.polyval(budget["parabola"], np.log(n))), "-", color=colour, lw=1)
             if budget["interior"]:
                 ax.plot(budget["N_opt"], budget["loss_opt"], "*", ms=10, color=colour, mec="black")
