@@ -1,6 +1,5 @@
 """`nffk report SWEEP_DIR... --out DIR`: fit scaling laws to finished (or running) sweeps and
 write report.md, report.json and plots; prints the exponents table."""
-import sys
 from pathlib import Path
 
 

@@ -92,7 +92,8 @@ def _huber(r, delta):
 def _best_of_grid(objective, batch_objective, grid: np.ndarray, top_k: int, bounds, extra_starts=()):
     """L-BFGS from the `top_k` best grid points (and any extra starts); the best result, or None."""
     with np.errstate(all="ignore"):
-        values = np.concatenate([batch_objective(chunk) for chunk in np.array_split(grid, max(1, len(grid) // 256))])
+        chunks = np.array_split(grid, max(1, len(grid) // 256))  # bounded memory for many points
+        values = np.concatenate([batch_objective(chunk) for chunk in chunks])
     values = np.where(np.isfinite(values), values, np.inf)
     starts = [grid[i] for i in np.argsort(values)[:top_k] if np.isfinite(values[i])]
     starts += [np.asarray(s, dtype=np.float64) for s in extra_starts]
@@ -302,7 +303,9 @@ def _fit_frontier_points(x, loss, l_inf, starts=None, top_k=6):
     fixed = None if l_inf == "fit" else float(l_inf)
     objective, batch = _frontier_problem(u, y, fixed)
     # f and gamma free; log L_inf at least 1e-6 of the lowest loss (indistinguishable from 0).
-    bounds = [(None, None), (None, None)] + ([(np.log(loss.min()) - 14.0, np.log(loss.max()))] if fixed is None else [])
+    bounds = [(None, None), (None, None)]
+    if fixed is None:
+        bounds.append((np.log(loss.min()) - 14.0, np.log(loss.max())))
     if starts is None:
         grid_axes = [np.log(np.median(loss)) + np.log([0.03, 0.1, 0.3, 0.6, 1.0]),
                      np.array([0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0])]
@@ -375,7 +378,7 @@ def fit_frontier(x, loss, *, sizes=None, l_inf="fit", axis: str = "compute", n_b
     index, left_out = frontier_indices(x, loss, sizes)
     fx, floss = x[index], loss[index]
     if len(fx) < min_points:
-        extra = f" ({len(left_out)} more set by the smallest or largest model were left out)" if len(left_out) else ""
+        extra = f" ({len(left_out)} more, set by the smallest or largest model, left out)" if len(left_out) else ""
         raise FitError(f"fit_frontier: the lowest-loss envelope has {len(fx)} usable point(s){extra}; "
                        f"fitting {n_params} parameters needs at least {min_points} (give more runs or "
                        "validation points)")
@@ -699,7 +702,8 @@ def isoflop_profiles(run, N, C, loss, *, n_budgets: int = 5, budgets=None, min_r
                                    warnings=[f"no compute budget is reached by {min_runs} runs"])
         # evenly spread over the budgets that enough runs reach (not over the whole range:
         # that can be covered in pieces)
-        log_budgets = np.asarray(covered)[np.unique(np.linspace(0, len(covered) - 1, n_budgets).round().astype(int))]
+        picks = np.unique(np.linspace(0, len(covered) - 1, n_budgets).round().astype(int))
+        log_budgets = np.asarray(covered)[picks]
     else:
         log_budgets = np.log(np.asarray(budgets, dtype=np.float64))
     profiles = []

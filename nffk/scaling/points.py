@@ -115,7 +115,8 @@ class SweepData:
 
 
 def _total_steps(spec: dict, run_meta: dict, records: list[dict]) -> int:
-    """The run's planned length: "steps"/"total_steps" from its spec, options or result, else the last step logged."""
+    """The run's planned length: "steps" or "total_steps" from its spec, options or result,
+    else the last step logged."""
     sources = (spec, spec.get("options") or {}, run_meta, run_meta.get("result") or {})
     for source in sources:
         if not isinstance(source, dict):

@@ -291,8 +291,8 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _surface_line(fit) -> str:
     p, c = fit["params"], fit["ci"]
-    return (f"E = {_with_ci(p['E'], c['E'])}, A = {_with_ci(p['A'], c['A'])}, α = {_with_ci(p['alpha'], c['alpha'])}, "
-            f"B = {_with_ci(p['B'], c['B'])}, β = {_with_ci(p['beta'], c['beta'])}")
+    names = {"E": "E", "A": "A", "alpha": "α", "B": "B", "beta": "β"}
+    return ", ".join(f"{symbol} = {_with_ci(p[name], c[name])}" for name, symbol in names.items())
 
 
 def render_markdown(report: dict) -> str:
@@ -308,9 +308,11 @@ def render_markdown(report: dict) -> str:
         f"{100 * settings['drop_fraction']:g} % of each run's steps).",
         "",
         "Laws: frontier L(C) = L∞ + F·C^−γ_c fitted to the lowest loss reached at each compute C "
-        + ("(L∞ = 0, as in the study)" if l_inf == 0 else f"(L∞ {'fitted' if l_inf == 'fit' else f'= {l_inf}'})")
+        + ("(L∞ = 0, as in the study)" if l_inf == 0
+           else f"(L∞ {'fitted' if l_inf == 'fit' else f'= {l_inf}'})")
         + ("; envelope points set by the smallest or largest model are left out" if settings["trim_edges"] else "")
-        + f"; the same against wall-clock seconds. L(N, D) = E + A·N^−α + B·D^−β (N parameters, D atoms seen) "
+        + "; the same against wall-clock seconds. "
+        "L(N, D) = E + A·N^−α + B·D^−β (N parameters, D atoms seen) "
         f"fitted with a Huber loss (δ = {settings['huber_delta']:g}) on log L by L-BFGS from a grid of starts. "
         f"Intervals: {level} % percentile bootstrap over {settings['n_boot']} resamples of the points. "
         "Compute-optimal allocation: N* ∝ C^a, D* ∝ C^b with a = β/(α+β), b = α/(α+β); the frontier "
@@ -322,18 +324,19 @@ def render_markdown(report: dict) -> str:
     keys = list(COLUMN_TITLES)
     rows = [[row[k] for k in keys] for row in exponent_rows(report)]
     for name, values in report["published"]["values"].items():
-        rows.append([f"*{name}, published*", "", ""] + [_fmt(values.get(k)) for k in ("gamma_c", "gamma_wall", "alpha", "beta")]
-                    + ["", "", ""])
+        published = [_fmt(values.get(k)) for k in ("gamma_c", "gamma_wall", "alpha", "beta")]
+        rows.append([f"*{name}, published*", "", ""] + published + ["", "", ""])
     out += [_markdown_table([COLUMN_TITLES[k] for k in keys], rows), "",
-            f"† the fit ran but should not be trusted (reasons below). Published values: {report['published']['source']} "
-            "(different data, models and sizes: compare trends, not digits).", ""]
+            "† the fit ran but should not be trusted (reasons below). Published values: "
+            f"{report['published']['source']} (different data, models and sizes: compare trends, not digits).", ""]
     out += ["## Per architecture", ""]
     for label, entry in report["architectures"].items():
         out += _architecture_section(label, entry)
     timings = report.get("stage_timings") or {}
     if timings:
-        out += ["## Stage timings", "", _markdown_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()]), ""]
-    out += [f"Analysis took {report['analysis_seconds']:.1f} s and plotting {report.get('plot_seconds', 0):.1f} s.", ""]
+        rows = [[stage, f"{seconds:.1f}"] for stage, seconds in timings.items()]
+        out += ["## Stage timings", "", _markdown_table(["stage", "seconds"], rows), ""]
+    out += [f"Analysis took {report['analysis_seconds']:.1f} s, plotting {report.get('plot_seconds', 0):.1f} s.", ""]
     if report.get("load_warnings"):
         out += ["## Warnings while loading", ""] + [f"- {w}" for w in report["load_warnings"]] + [""]
     out += ["## Plots", ""]
@@ -353,9 +356,10 @@ def _architecture_section(label: str, entry: dict) -> list[str]:
         if fit:
             p, c = fit["params"], fit["ci"]
             runs = f" from {fit['n_runs']} runs" if "n_runs" in fit else ""
-            out.append(f"- {title}: γ = {_with_ci(p['gamma'], c['gamma'])}, F = {_fmt(p['F'])}, L∞ = {_fmt(p['l_inf'])}; "
-                       f"{fit['n_points']} envelope points{runs} of {fit['n_input']} "
-                       f"({len(fit['left_out_x'])} set by the edge models left out); rms log residual {_fmt(fit['rmse_log'])}.")
+            out.append(f"- {title}: γ = {_with_ci(p['gamma'], c['gamma'])}, F = {_fmt(p['F'])}, "
+                       f"L∞ = {_fmt(p['l_inf'])}; {fit['n_points']} envelope points{runs} of {fit['n_input']} "
+                       f"({len(fit['left_out_x'])} set by the edge models left out); "
+                       f"rms log residual {_fmt(fit['rmse_log'])}.")
     surface = entry.get("loss_surface")
     if surface:
         out.append(f"- L(N, D): {_surface_line(surface)}; {surface['n_points']} points, {surface['n_distinct_N']} "
@@ -374,8 +378,8 @@ def _architecture_section(label: str, entry: dict) -> list[str]:
                    f"{_with_ci(check['gamma_implied'], check['gamma_implied_ci'])}: {verdict}.")
     iso = entry.get("isoflop")
     if iso and iso.get("a") is not None:
-        out.append(f"- isoFLOP: slope of log N_opt against log C = {_fmt(iso['a'])} over {iso['n_interior']} budgets "
-                   "(an independent estimate of a).")
+        out.append(f"- isoFLOP: slope of log N_opt against log C = {_fmt(iso['a'])} over {iso['n_interior']} "
+                   "budgets (an independent estimate of a).")
     for name, reason in entry.get("errors", {}).items():
         out.append(f"- {name}: not fitted: {reason}")
     for name in ("frontier", "frontier_wall", "loss_surface", "compute_optimal", "isoflop"):
@@ -446,7 +450,8 @@ def _plot_frontier_panels(data, fits, path, column: str, fit_name: str, xlabel: 
     for ax, (label, points) in zip(axes, groups.items()):
         colour = _size_colours(points.params)
         for size, run in _runs(points):
-            ax.plot(getattr(run, column), run.val_loss, "-", color=colour(size), lw=1, alpha=0.8, label=f"N={size:.3g}")
+            ax.plot(getattr(run, column), run.val_loss, "-", color=colour(size), lw=1, alpha=0.8,
+                    label=f"N={size:.3g}")
         fit = fits[label].get(fit_name)
         title = label
         if fit is not None:
@@ -548,7 +553,8 @@ def _plot_isoflop(data, fits, path):
             if budget["interior"]:
                 ax.plot(budget["N_opt"], budget["loss_opt"], "*", ms=10, color=colour, mec="black")
         title = label + (f"\nN_opt ∝ C^{iso.a:.2f} (stars)" if iso is not None and iso.a is not None else "")
-        ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="validation loss at fixed compute", title=title)
+        ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="validation loss at fixed compute",
+               title=title)
         _tidy_log_axes(ax)
         if budgets:
             ax.legend(fontsize=6)

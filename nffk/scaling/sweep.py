@@ -19,7 +19,6 @@ part of the grid in its own directory and `merge` combines the directories after
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -32,6 +31,11 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): specs, shards and merge work, running a sweep does not
+    fcntl = None
 
 from nffk.scaling.points import RUNS_DIR, SWEEP_FILE, arch_label
 from nffk.scaling.runlog import METRICS_FILE, RUN_FILE, atomic_write_json, read_json, read_metrics
@@ -59,7 +63,8 @@ class RunSpec:
             raise ValueError(f"arch must be a non-empty name of letters, digits, '_', '.', '+', got {self.arch!r}")
         if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width <= 0:
             raise ValueError(f"width must be an int > 0, got {self.width!r}")
-        if self.lmax is not None and (isinstance(self.lmax, bool) or not isinstance(self.lmax, int) or self.lmax < 0):
+        if self.lmax is not None and (isinstance(self.lmax, bool) or not isinstance(self.lmax, int)
+                                      or self.lmax < 0):
             raise ValueError(f"lmax must be None or an int >= 0, got {self.lmax!r}")
         if self.data_budget is not None and (isinstance(self.data_budget, bool)
                                              or not isinstance(self.data_budget, int) or self.data_budget <= 0):
@@ -150,6 +155,11 @@ def shard_specs(specs, k: int, n: int) -> list:
     return list(specs)[k - 1::n]
 
 
+def _require_flock():
+    if fcntl is None:
+        raise RuntimeError("sweep directories need POSIX file locks (fcntl.flock): run sweeps on Linux or macOS")
+
+
 class _RunLock:
     """Exclusive, non-blocking ownership of a run (released by the kernel if the process dies)."""
 
@@ -158,6 +168,7 @@ class _RunLock:
         self.fd = None
 
     def acquire(self) -> bool:
+        _require_flock()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -225,6 +236,7 @@ class Sweep:
     @contextmanager
     def _sweep_lock(self):
         """Serialises read-modify-write of sweep.json between processes."""
+        _require_flock()
         fd = os.open(self.root / SWEEP_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -441,7 +453,8 @@ def merge(dirs, out, include_checkpoints: bool = True) -> Path:
         done = [c for c in copies if (c / RUN_FILE).exists() and read_json(c / RUN_FILE).get("status") == "done"]
         if done:
             if len({_metrics_bytes(c) for c in done}) > 1:
-                conflicts.append(f"{run_id} (done with different metrics in {', '.join(str(c.parent.parent) for c in done)})")
+                where = ", ".join(str(c.parent.parent) for c in done)
+                conflicts.append(f"{run_id} (done with different metrics in {where})")
                 continue
             chosen[run_id] = done[0]
         else:
@@ -456,14 +469,16 @@ def merge(dirs, out, include_checkpoints: bool = True) -> Path:
         (staging / RUNS_DIR).mkdir()
         skip = {LOCK_FILE} | (set() if include_checkpoints else {"checkpoint.pt"})
         for run_id, source in chosen.items():
-            shutil.copytree(source, staging / RUNS_DIR / run_id, ignore=lambda _d, names: [n for n in names if n in skip])
+            shutil.copytree(source, staging / RUNS_DIR / run_id,
+                            ignore=lambda _dir, names: [n for n in names if n in skip])
         timings = {}
         for doc in docs:
             for stage, seconds in doc.get("timings", {}).items():
                 timings[stage] = timings.get(stage, 0.0) + float(seconds)
         merged = {"version": SWEEP_VERSION, "created": _now(), "runs": list(specs.values()),
                   "meta": docs[0].get("meta", {}), "timings": timings,
-                  "merged_from": [{"path": str(d), "timings": doc.get("timings", {})} for d, doc in zip(dirs, docs)],
+                  "merged_from": [{"path": str(d), "timings": doc.get("timings", {})}
+                                  for d, doc in zip(dirs, docs)],
                   "merge_notes": notes}
         atomic_write_json(staging / SWEEP_FILE, merged)
         if out.exists():

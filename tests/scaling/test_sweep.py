@@ -148,9 +148,11 @@ def test_failed_run_is_recorded_then_resumed_from_its_checkpoint(tmp_path, refer
 def test_killed_sweep_resumes_the_interrupted_run(tmp_path, reference):
     root = tmp_path / "s"
     Sweep(root, GRID)
-    script = ("import sys; from nffk.scaling.sweep import Sweep; from nffk.scaling.synthetic import SyntheticTrainer, law_with\n"
+    script = ("from nffk.scaling.sweep import Sweep\n"
+              "from nffk.scaling.synthetic import SyntheticTrainer, law_with\n"
               "laws = {'MPNN': law_with(0.3, 0.4), 'EGNN': law_with(0.4, 0.4)}\n"
-              f"Sweep({str(root)!r}).run(SyntheticTrainer(laws, n_evals=10, sleep=0.05, calls_log={str(tmp_path / 'calls.log')!r}), verbose=False)\n")
+              f"train_fn = SyntheticTrainer(laws, n_evals=10, sleep=0.05, calls_log={str(tmp_path / 'calls.log')!r})\n"
+              f"Sweep({str(root)!r}).run(train_fn, verbose=False)\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=REPO)
     victim = root / "runs" / GRID[1].run_id / "metrics.jsonl"
@@ -264,7 +266,8 @@ def test_merge_refuses_conflicting_duplicates_and_keeps_the_most_progress(tmp_pa
     with pytest.raises(SyntheticCrash):
         d.run(trainer(tmp_path, crash_at={run_id: 6}), verbose=False)
     out = merge([c.root, d.root], tmp_path / "partial")
-    assert (out / "runs" / run_id / "metrics.jsonl").read_text() == (d.root / "runs" / run_id / "metrics.jsonl").read_text()
+    kept = (out / "runs" / run_id / "metrics.jsonl").read_text()
+    assert kept == (d.root / "runs" / run_id / "metrics.jsonl").read_text()
     assert Sweep(out).status(run_id) == "failed"
     with pytest.raises(ValueError, match="not a sweep directory"):
         merge([tmp_path / "nowhere"], tmp_path / "x")
