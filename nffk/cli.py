@@ -9,6 +9,7 @@ SUBCOMMANDS = {
     "info": ("nffk.cli_info", "show the installed backends, threads and versions"),
     "data": ("nffk.data.cli", "generate, import or describe a dataset (generate | import | info)"),
     "report": ("nffk.scaling.cli_report", "fit scaling laws to sweep results and write a report with plots"),
+    "bench": ("nffk.bench.cli", "time nffk's kernels against the installed peers and the machine's floors"),
 }
 
 

@@ -1,0 +1,180 @@
+"""Runs benchmark cases and gathers one report: machine, floors, and a record per
+(case, implementation) with its times, derived rates and the check against nffk's output."""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+
+import torch
+
+from nffk.bench.machine import describe_machine, measure_floors, package_versions
+from nffk.bench.registry import PeerMissing, same_result
+from nffk.bench.timing import Rotation, rotation_sets, summarize, time_interleaved
+
+SCHEMA = "nffk-bench/1"
+NFFK = "nffk"  # the implementation every ratio is taken against
+
+# Timing effort per mode: warm-up calls, rounds, minimum and maximum seconds per case, and how
+# long building one implementation (code generation, descriptors, JIT) may take.
+EFFORT = {
+    "quick": {"warmup": 2, "repeat": 5, "min_seconds": 0.0, "max_seconds": 2.0, "build_timeout": 30},
+    "default": {"warmup": 3, "repeat": 9, "min_seconds": 0.5, "max_seconds": 20.0, "build_timeout": 120},
+    "full": {"warmup": 3, "repeat": 21, "min_seconds": 2.0, "max_seconds": 60.0, "build_timeout": 600},
+}
+
+
+class BuildTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise BuildTimeout in this block after `seconds` (main thread on POSIX; no limit elsewhere)."""
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable or not seconds:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise BuildTimeout(f"building took longer than {seconds:g} s (the limit of this mode)")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:200]
+
+
+def run_case(case, effort: dict) -> list:
+    """Records (dicts) for every implementation of one case."""
+    base = {"op": case.op, "config": case.config, "pass": case.pass_name, "size": case.size,
+            "size_name": case.size_name, "params": case.params, "family": case.family,
+            "flops": case.flops, "bytes": case.bytes, "description": case.description}
+    records, built = {}, {}
+    for impl in case.implementations:
+        record = dict(base, impl=impl.name, status="ok", note="", check="ref" if impl.name == NFFK else "n/a")
+        started = time.perf_counter()
+        try:
+            with warnings.catch_warnings(), time_limit(effort.get("build_timeout", 0)):
+                warnings.simplefilter("ignore")  # peers' deprecation chatter
+                built[impl.name] = impl.build()
+            record["note"] = built[impl.name].note
+        except PeerMissing as why:
+            record.update(status="missing", note=str(why))
+        except Exception as error:  # noqa: BLE001 - a peer that cannot build this config is reported, not fatal
+            record.update(status="error", note=_short(error))
+        # Construction (and, for cached modules, only the first pass's): code generation, descriptors.
+        record["build_s"] = time.perf_counter() - started
+        records[impl.name] = record
+
+    n_sets = rotation_sets(case.input_bytes)
+    input_sets = [case.make_inputs(seed) for seed in range(n_sets)]
+    adapt = {name: b.adapt for name, b in built.items() if b.adapt is not None}
+
+    def args_for(name, args):
+        return adapt[name](args) if name in adapt else args
+
+    # One call each: a first warm-up (its time is kept: JIT compilation shows here), and
+    # implementations that fail on this case are reported.
+    for name in list(built):
+        try:
+            started = time.perf_counter()
+            built[name].fn(*args_for(name, input_sets[0]))
+            records[name]["first_call_s"] = time.perf_counter() - started
+        except Exception as error:  # noqa: BLE001
+            records[name].update(status="error", note=_short(error))
+            del built[name]
+
+    # Outputs compared with nffk's on the same inputs, where the implementation gives one.
+    reference = built.get(NFFK)
+    if reference is not None and reference.output is not None:
+        with torch.no_grad():
+            expected = reference.output(*args_for(NFFK, input_sets[0]))
+        for name, b in built.items():
+            if name == NFFK or b.output is None:
+                continue
+            try:
+                with torch.no_grad():
+                    ok, error = same_result(expected, b.output(*args_for(name, input_sets[0])), case.rtol)
+                records[name]["check"] = "ok" if ok else f"DIFFERS ({error:.1e})"
+            except Exception as error:  # noqa: BLE001
+                records[name]["check"] = f"failed: {_short(error)}"
+
+    times = time_interleaved({name: b.fn for name, b in built.items()}, Rotation(input_sets),
+                             warmup=max(effort["warmup"] - 1, 0), repeat=effort["repeat"],
+                             min_seconds=effort["min_seconds"], max_seconds=effort["max_seconds"],
+                             device=case.device, adapt=adapt) if built else {}
+    for name, ts in times.items():
+        records[name].update(summarize(ts), times_s=ts, input_sets=n_sets)
+    return list(records.values())
+
+
+def derive(records: list, floors: dict) -> None:
+    """Ratios against nffk, achieved rates and the fraction of the floor, in place."""
+    nffk_time = {}
+    for r in records:
+        if r["impl"] == NFFK and r["status"] == "ok":
+            nffk_time[(r["op"], r["config"], r["pass"], r["size"])] = r["median_s"]
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        t = r["median_s"]
+        ours = nffk_time.get((r["op"], r["config"], r["pass"], r["size"]))
+        r["ratio_vs_nffk"] = t / ours if ours else None
+        r["gbytes_per_s"] = r["bytes"] / t / 1e9 if r["bytes"] else None
+        r["gflops_per_s"] = r["flops"] / t / 1e9 if r["flops"] else None
+        floor = max(r["bytes"] / floors["copy_bytes_per_s"] if r["bytes"] else 0.0,
+                    r["flops"] / floors["matmul_flops_per_s"] if r["flops"] else 0.0)
+        r["floor_s"] = floor or None
+        r["floor_fraction"] = floor / t if floor else None
+
+
+def run(cases, mode: str = "default", device="cpu", dtype=torch.float32, command=None, progress: bool = True,
+        floors: dict | None = None) -> dict:
+    """Time every case and return the report (a JSON-ready dict)."""
+    device = torch.device(device)
+    effort = EFFORT[mode]
+    started = time.time()
+    machine = describe_machine(device)
+    floors = floors or measure_floors(device, dtype, quick=(mode == "quick"))
+    records = []
+    if progress and sys.stderr.isatty():
+        from rich.progress import Progress
+        with Progress(transient=True) as bar:
+            task = bar.add_task("benchmarking", total=len(cases))
+            for case in cases:
+                bar.update(task, description=f"{case.op} {case.config} {case.pass_name} {case.size_name}={case.size}")
+                records += run_case(case, effort)
+                bar.advance(task)
+    else:
+        for case in cases:
+            records += run_case(case, effort)
+    derive(records, floors)
+    # Other processes' load is part of what was measured: recorded at both ends of the run.
+    machine["load_average_start"] = machine.pop("load_average")
+    machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "seconds": time.time() - started,
+        "settings": {"mode": mode, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+                     "threads": torch.get_num_threads(), **effort},
+        "machine": machine,
+        "packages": package_versions(),
+        "floors": floors,
+        "records": records,
+    }
+

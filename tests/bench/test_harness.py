@@ -1,0 +1,141 @@
+"""The benchmark harness: `nffk bench --quick` on tiny configs writes a complete report in which
+every implementation produced a finite time; missing or failing peers are reported, not fatal.
+No timing is asserted (speed is measured in bench/, never in tests)."""
+import json
+import math
+
+import pytest
+import torch
+
+from nffk import cli
+from nffk.bench import registry, report, runner
+from nffk.bench.registry import Built, Case, Implementation, PeerMissing
+from nffk.bench.timing import Rotation, rotation_sets, summarize, time_interleaved
+
+OPS = ("tp", "sh", "nlist", "conv")
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "report.json"
+    threads = torch.get_num_threads()
+    assert cli.main(["bench", "--ops", ",".join(OPS), "--configs", "tiny", "--quick", "--threads", "1",
+                     "--device", "cpu", "--json", str(path)]) == 0
+    torch.set_num_threads(threads)
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_report_structure(quick_report):
+    r = quick_report
+    assert r["schema"] == runner.SCHEMA
+    assert r["settings"]["mode"] == "quick" and r["settings"]["threads"] == 1 and r["settings"]["device"] == "cpu"
+    for key in ("cpu", "cpu_count", "torch_threads", "load_average_start", "load_average_end", "nffk_extension"):
+        assert key in r["machine"], key
+    assert r["packages"]["torch"] == torch.__version__
+    for key in ("copy_bytes_per_s", "matmul_flops_per_s"):
+        assert math.isfinite(r["floors"][key]) and r["floors"][key] > 0
+    assert {rec["op"] for rec in r["records"]} == set(OPS)
+
+
+def test_every_implementation_has_a_finite_time(quick_report):
+    records = quick_report["records"]
+    errors = [(rec["op"], rec["pass"], rec["impl"], rec["note"]) for rec in records if rec["status"] == "error"]
+    assert not errors
+    for rec in records:
+        if rec["status"] == "missing":  # a peer that is not installed here
+            assert rec["impl"] != "nffk" and rec["note"]
+            continue
+        assert rec["status"] == "ok"
+        assert len(rec["times_s"]) == rec["runs"] >= 3
+        assert all(math.isfinite(t) and t > 0 for t in rec["times_s"])
+        assert rec["q25_s"] <= rec["median_s"] <= rec["q75_s"]
+        assert rec["ratio_vs_nffk"] is not None and math.isfinite(rec["ratio_vs_nffk"])
+        if rec["bytes"]:
+            assert rec["gbytes_per_s"] == pytest.approx(rec["bytes"] / rec["median_s"] / 1e9)
+            assert 0 < rec["floor_fraction"]
+    # nffk itself is timed for every case
+    keys = {(rec["op"], rec["config"], rec["pass"]) for rec in records}
+    nffk_keys = {(rec["op"], rec["config"], rec["pass"]) for rec in records if rec["impl"] == "nffk"}
+    assert keys == nffk_keys
+
+
+def test_peers_agree_with_nffk_where_comparable(quick_report):
+    """e3nn computes the same tensor product and convolution, so the harness's check must say ok;
+    neighbour lists agree on the number of pairs."""
+    checks = {(rec["op"], rec["pass"], rec["impl"]): rec["check"] for rec in quick_report["records"]
+              if rec["status"] == "ok"}
+    for op in ("tp", "conv"):
+        if (op, "forward", "e3nn") in checks:
+            assert checks[(op, "forward", "e3nn")] == "ok"
+    for impl in ("vesin", "matscipy", "ase"):
+        if ("nlist", "build", impl) in checks:
+            assert checks[("nlist", "build", impl)] == "ok"
+
+
+def test_rendering_and_reload(quick_report, tmp_path, capsys):
+    path = tmp_path / "saved.json"
+    report.write_json(quick_report, path)
+    table = tmp_path / "table.md"
+    assert cli.main(["bench", "--load", str(path), "--markdown", str(table)]) == 0
+    text = table.read_text()
+    assert text.count("\n| tiny |") == sum(1 for rec in quick_report["records"])
+    assert "copy" in capsys.readouterr().out
+
+
+def _case(implementations, inputs=lambda seed: (torch.full((4,), float(seed)),)):
+    return Case(op="tp", config="synthetic", pass_name="forward", size=4, size_name="batch", make_inputs=inputs,
+                implementations=implementations, flops=8.0, bytes=32.0, input_bytes=16.0)
+
+
+def test_missing_and_failing_peers_are_reported():
+    def missing():
+        raise PeerMissing("not installed (pip install nothing)")
+
+    def broken():
+        def fn(x):
+            raise RuntimeError("unsupported configuration")
+        return Built(fn)
+
+    case = _case([Implementation("nffk", lambda: Built(lambda x: x * 2, output=lambda x: x * 2)),
+                  Implementation("absent", missing), Implementation("broken", broken),
+                  Implementation("wrong", lambda: Built(lambda x: x, output=lambda x: x + 1))])
+    records = {r["impl"]: r for r in runner.run_case(case, runner.EFFORT["quick"])}
+    assert records["nffk"]["status"] == "ok" and records["nffk"]["check"] == "ref"
+    assert records["absent"]["status"] == "missing" and "pip install" in records["absent"]["note"]
+    assert records["broken"]["status"] == "error" and "unsupported configuration" in records["broken"]["note"]
+    assert records["wrong"]["status"] == "ok" and records["wrong"]["check"].startswith("DIFFERS")
+
+
+def test_rotation_never_repeats_a_set_back_to_back():
+    seen = []
+    rotation = Rotation([(k,) for k in range(3)])
+    times = time_interleaved({"a": lambda k: seen.append(k), "b": lambda k: seen.append(k)}, rotation,
+                             warmup=1, repeat=4)
+    assert [len(t) for t in times.values()] == [4, 4]
+    assert all(x != y for x, y in zip(seen, seen[1:]))
+    assert rotation_sets(1 << 30, cache_bytes=32 << 20) == 2
+    assert rotation_sets(1 << 20, cache_bytes=32 << 20, max_sets=100) == 65
+    stats = summarize([3.0, 1.0, 2.0, 10.0])
+    assert stats["median_s"] == 2.5 and stats["min_s"] == 1.0 and stats["runs"] == 4
+
+
+def test_unknown_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown config"):
+        registry.collect(["tp"], ["no-such-config"], "quick")
+    with pytest.raises(ValueError, match="unknown op"):
+        registry.collect(["nope"], None, "quick")
+
+
+def test_plots_of_sweeps(tmp_path):
+    pytest.importorskip("matplotlib")
+    from nffk.bench.plots import plot_sweeps
+    records = [dict(op="tp", config=f"high-order-l{l}", family="lmax", params={"lmax": l}, impl=impl, status="ok",
+                    median_s=1e-3 * l * k, floor_s=1e-4 * l, **{"pass": "forward"})
+               for l in (1, 2, 3) for k, impl in ((1, "nffk"), (2, "e3nn"))]
+    fake = {"records": records, "machine": {"cpu": "test"}, "settings": {"device": "cpu", "threads": 1,
+                                                                         "dtype": "float32"}, "created": "now"}
+    paths = plot_sweeps(fake, tmp_path)
+    assert len(paths) == 1
+    with open(paths[0], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
