@@ -31,4 +31,5 @@ def poisoned(monkeypatch):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
     monkeypatch.setattr(kernels.tensor_product, "_allocate", allocate)
+    monkeypatch.setattr(kernels.spherical_harmonics, "_allocate", allocate)
     return kernels
