@@ -7,10 +7,14 @@
 
 TORCH_LIBRARY(nffk_C, m) {
   m.def("segment_sum(Tensor src, Tensor ptr) -> Tensor");
+  m.def(
+      "neighbor_list(Tensor positions, Tensor system_ptr, Tensor cells, Tensor pbc, float cutoff, "
+      "bool self_interaction, bool distances, bool vectors) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(nffk_C, CPU, m) {
   m.impl("segment_sum", &nffk::cpu::segment_sum);
+  m.impl("neighbor_list", &nffk::cpu::neighbor_list);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
