@@ -7,9 +7,13 @@ from nffk.ops.tensor_product import TensorProductPlan
 from nffk.testing import random_tensor_product
 
 
-def make_plan(gen, **kwargs):
-    c = random_tensor_product(gen, **kwargs)
-    return TensorProductPlan(c.irreps_in1, c.irreps_in2, c.irreps_out, c.instructions, **c.options)
+def make_plan(gen, budget=150, **kwargs):
+    """A random plan whose interpreter cost (CG non-zeros x channel pairs) stays within `budget`."""
+    while True:
+        c = random_tensor_product(gen, **kwargs)
+        plan = TensorProductPlan(c.irreps_in1, c.irreps_in2, c.irreps_out, c.instructions, **c.options)
+        if sum((p.cg_end - p.cg_begin) * p.mul1 * p.mul2 for p in plan.paths) <= budget:
+            return plan
 
 
 def random_graph(gen, num_nodes, num_edges, device):
@@ -26,12 +30,12 @@ def randn(gen, *shape, device):
 @pytest.mark.parametrize("modes", [("uvu",), ("uvw", "uvv"), ("uuw", "uuu", "uvuv")])
 def test_every_kernel_matches_the_reference(modes, seeded, device, poisoned):
     plan = make_plan(seeded, modes=modes, lmax=2, max_mul=2, max_paths=3)
-    graph = random_graph(seeded, 6, 17, device)
-    x, sh = randn(seeded, 6, plan.dim_in1, device=device), randn(seeded, 17, plan.dim_in2, device=device)
+    graph = random_graph(seeded, 6, 13, device)
+    x, sh = randn(seeded, 6, plan.dim_in1, device=device), randn(seeded, 13, plan.dim_in2, device=device)
     g = randn(seeded, 6, plan.dim_out, device=device)
     kernels = poisoned.conv
     for shared in (False, True):
-        w = randn(seeded, *(() if shared else (17,)), plan.weight_numel, device=device)
+        w = randn(seeded, *(() if shared else (13,)), plan.weight_numel, device=device)
         only = bool(torch.randint(0, 2, (), generator=seeded))
         # block_rows=4: several row tiles, the last one partial.
         for name, args in (("forward", (x, sh, w, graph, only)), ("vjp_x", (g, sh, w, graph, only)),
@@ -40,12 +44,12 @@ def test_every_kernel_matches_the_reference(modes, seeded, device, poisoned):
             torch.testing.assert_close(got, getattr(ReferenceKernels, name)(plan, *args), atol=1e-10, rtol=1e-10)
 
 
-def test_double_backward_and_determinism(seeded, device):
-    plan = make_plan(seeded, modes=["uvu", "uvw"], lmax=2, max_mul=2, max_paths=3)
+def test_double_backward_through_the_autograd_closure(seeded, device):
+    plan = make_plan(seeded, modes=["uvu", "uvw"], lmax=2, max_mul=2, max_paths=2)
     assert "triton" in implemented_backends(plan)
-    graph = random_graph(seeded, 5, 12, device)
-    inputs = (randn(seeded, 5, plan.dim_in1, device=device), randn(seeded, 12, plan.dim_in2, device=device),
-              randn(seeded, 12, plan.weight_numel, device=device))
+    graph = random_graph(seeded, 4, 9, device)
+    inputs = (randn(seeded, 4, plan.dim_in1, device=device), randn(seeded, 9, plan.dim_in2, device=device),
+              randn(seeded, 9, plan.weight_numel, device=device))
 
     def grads(backend):
         x, sh, w = (t.clone().requires_grad_() for t in inputs)
@@ -54,12 +58,9 @@ def test_double_backward_and_determinism(seeded, device):
         d_sh.pow(2).sum().backward()
         return x.grad, sh.grad, w.grad
 
-    first = grads("triton")
-    for got, expected in zip(first, grads("reference")):
+    for got, expected in zip(grads("triton"), grads("reference")):
         torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
-    # No atomics: a second run is bit-for-bit the same.
-    for a, b in zip(first, grads("triton")):
-        assert torch.equal(a, b)
+    # Determinism (no atomics) is checked on the GPU (tests/kernels/test_gpu.py), where it can fail.
 
 
 def test_empty_graph_and_compile(seeded, device):
