@@ -70,6 +70,7 @@ def _search_kernel(counts_ptr, offsets_ptr, senders_ptr, images_ptr, wrapped_ptr
     own_image = tl.zeros([BLOCK], dtype=tl.int64) + ((image_bias * image_width + image_bias) * image_width
                                                       + image_bias)
     found = i * 0
+    per_lane = tl.zeros([BLOCK], dtype=tl.int64)
     first = i * 0
     if FILL:
         first = tl.load(offsets_ptr + i)
@@ -111,9 +112,11 @@ def _search_kernel(counts_ptr, offsets_ptr, senders_ptr, images_ptr, wrapped_ptr
                         where = first + found + tl.cumsum(keep.to(tl.int64), axis=0) - 1
                         tl.store(senders_ptr + where, atom, mask=keep)
                         tl.store(images_ptr + where, image, mask=keep)
-                    found += tl.sum(keep.to(tl.int64), axis=0)
+                        found += tl.sum(keep.to(tl.int64), axis=0)
+                    else:
+                        per_lane += keep.to(tl.int64)  # counting needs one reduction, at the end
     if not FILL:
-        tl.store(counts_ptr + i, found)
+        tl.store(counts_ptr + i, tl.sum(per_lane, axis=0))
 
 
 def _floor_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
