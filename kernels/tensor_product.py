@@ -29,6 +29,7 @@ the inputs and one write of the output.
 """
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 
@@ -398,8 +399,23 @@ def _compute_dtype(dtype):
     return dtype if dtype in _COMPUTE_DTYPES else torch.float32
 
 
-def _block_rows(block_channels: int, block_rows) -> int:
-    return block_rows or max(1, min(64, 1024 // block_channels))
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _block_rows(block_channels: int, block_rows, num_rows: int, items: int, device) -> int:
+    """Rows per program: tiles of up to 1024 elements, smaller when that would leave the GPU's SMs
+    idle (a few produced blocks and a small batch: ~4 programs per SM wanted). On the CPU (the
+    interpreter) the fewest programs are fastest."""
+    if block_rows:
+        return block_rows
+    largest = max(1, min(64, 1024 // block_channels))
+    if device.type != "cuda":
+        return largest
+    wanted = 4 * _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+    fitting = max(1, num_rows * items // wanted)
+    return max(1, min(largest, 1 << (fitting.bit_length() - 1)))
 
 
 def contract(plan, produce: str, a, b, w, weighted_only: bool, num_rows: int, segments=None, perm=None,
@@ -418,7 +434,7 @@ def contract(plan, produce: str, a, b, w, weighted_only: bool, num_rows: int, se
     if num_rows == 0 or out.shape[1] == 0:
         return out.zero_().to(dtype)
     block_c = tables["block_channels"]
-    block_r = _block_rows(block_c, block_rows)
+    block_r = _block_rows(block_c, block_rows, num_rows, items.shape[0], a.device)
     dummy = items
     grid = (triton.cdiv(num_rows, block_r), items.shape[0])
     _contract_kernel[grid](
@@ -448,7 +464,7 @@ def contract_weights(plan, x1, x2, g, shared: bool, num_rows: int, x1_index=None
         shape = (numel,) if shared else (num_rows, numel)
         return torch.zeros(shape, dtype=dtype, device=x1.device)
     block_c = tables["block_channels"]
-    block_r = _block_rows(block_c, block_rows)
+    block_r = _block_rows(block_c, block_rows, num_rows, items.shape[0], x1.device)
     if shared:
         chunks = min(triton.cdiv(num_rows, block_r), _SHARED_WEIGHT_CHUNKS)
         rows_per_program = triton.cdiv(triton.cdiv(num_rows, chunks), block_r) * block_r
