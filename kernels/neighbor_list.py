@@ -28,8 +28,8 @@ import triton.language as tl
 
 BLOCK = 32  # candidates tested together (bins hold ~10 atoms at liquid/solid densities)
 _BIN_MARGIN = 1e-9  # bins are this much (relative) thicker than needed, as in the C++ kernel
-# Columns of the per-system integer table.
-_NB, _REACH, _PERIODIC, _BIN_OFFSET, _WRAP_OFFSET = 0, 3, 6, 9, 10
+# Per-system integer table: 0-2 bins per axis, 3-5 reach (bins), 6-8 periodic, 9 first bin,
+# 10-12 first entry of each axis' wrap table.
 _PARAMS = 13
 
 

@@ -52,14 +52,19 @@ _SLOT = {"x1": 0, "x2": 1, "out": 2, "w": 3}
 OPERANDS = {"out": ("x1", "x2"), "x1": ("x2", "out"), "x2": ("x1", "out")}
 LETTERS = "uvw"
 
-# Columns of the per-path table of `contract`.
-_C_OFF_A, _C_D_A, _C_OFF_B, _C_D_B, _C_WOFF, _C_HAS_W, _C_MPTR, _C_R = range(8)
-_C_DIVC, _C_MODC, _C_DIVR, _C_MODR, _C_SA, _C_SB, _C_SW = 8, 11, 14, 17, 20, 23, 26
+# Per-path table of `contract` (int64; the kernel reads these columns by position):
+#   0 offset of A, 1 2l+1 of A, 2 offset of B, 3 2l+1 of B, 4 weight offset, 5 has weight,
+#   6 first entry of the path's m pointers, 7 size of the channel reduction,
+#   8-10 / 11-13 (div, mod) decoding u, v, w from the produced channel,
+#   14-16 / 17-19 (div, mod) decoding u, v, w from the reduction index,
+#   20-22 / 23-25 / 26-28 strides of u, v, w in the channels of A / B / the weights.
 CONTRACT_COLUMNS = 29
-# Columns of the per-path table of `contract_weights`.
-_W_OFF1, _W_D1, _W_OFF2, _W_D2, _W_OFFO, _W_DO, _W_WOFF, _W_NUMEL, _W_NNZ0, _W_NNZ1 = range(10)
-_W_DIV, _W_MOD, _W_S1, _W_S2, _W_SO = 10, 13, 16, 19, 22
+# Per-path table of `contract_weights`:
+#   0-5 (offset, 2l+1) of x1, x2, out, 6 weight offset, 7 number of weights, 8-9 non-zero range,
+#   10-12 / 13-15 (div, mod) decoding u, v, w from the weight index,
+#   16-18 / 19-21 / 22-24 strides of u, v, w in the channels of x1 / x2 / out.
 WEIGHT_COLUMNS = 25
+_W_NUMEL = 7
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,12 +114,12 @@ def _irreps_blocks(plan, slot: str) -> list:
 
 
 def _live_paths(plan, weighted_only: bool):
-    for index, path in enumerate(plan.paths):
+    for path in plan.paths:
         if path.cg_end == path.cg_begin or 0 in (path.mul1, path.mul2, path.mul_out):
             continue
         if weighted_only and not path.has_weight:
             continue
-        yield index, path
+        yield path
 
 
 def _pow2(n: int, cap: int) -> int:
@@ -144,7 +149,7 @@ def _build_contract_tables(plan, produce, weighted_only, device, dtype) -> dict:
     col_p, col_a, col_b = _SLOT[produce], _SLOT[slot_a], _SLOT[slot_b]
     paths_of_block = [[] for _ in blocks]
     rows, m_ptr, m_a, m_b, values = [], [], [], [], []
-    for index, path in _live_paths(plan, weighted_only):
+    for path in _live_paths(plan, weighted_only):
         ext = _extents(path)
         produced = _letters(path, produce)
         used = set(_letters(path, "x1") + _letters(path, "x2") + _letters(path, "out"))
@@ -202,7 +207,7 @@ def weight_tables(plan, device, dtype) -> dict:
 
 def _build_weight_tables(plan, device, dtype) -> dict:
     rows, m1, m2, m3, values = [], [], [], [], []
-    for index, path in _live_paths(plan, weighted_only=True):
+    for path in _live_paths(plan, weighted_only=True):
         ext = _extents(path)
         div, mod = _decoder(_letters(path, "w"), ext)
         index_nz = plan.cg_index[path.cg_begin:path.cg_end]
