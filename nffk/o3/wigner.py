@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import math
-from fractions import Fraction
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -75,17 +74,18 @@ def _sqrt_fixed_point(f: int) -> int:
     return math.isqrt(f << (2 * _FIXED_POINT_BITS))
 
 
-def _to_float(terms: Dict[int, Fraction]) -> float:
-    """Correctly rounded float of sum_f r_f sqrt(f) (to 2^-256 before the single rounding)."""
-    total = sum(r * _sqrt_fixed_point(f) for f, r in terms.items())
-    return float(Fraction(total) / (1 << _FIXED_POINT_BITS))
+def _to_float(terms: Dict[int, int], denominator: int) -> float:
+    """Float of sum_f n_f sqrt(f) / denominator, exact to 2^-256 before the single rounding
+    (Python's int / int is correctly rounded)."""
+    total = sum(n * _sqrt_fixed_point(f) for f, n in terms.items())
+    return total / (denominator << _FIXED_POINT_BITS)
 
 
 # --------------------------------------------------------------------------- Clebsch–Gordan
 
 def _complex_cg_terms(l1: int, l2: int, l3: int):
-    """Yield (m1, m2, r, f) with <l1 m1 l2 m2 | l3 m1+m2> / sqrt(2 l3 + 1) / sqrt(2)^h = r sqrt(f),
-    r rational and f square-free, where h counts the non-zero m among (m1, m2, m1+m2)
+    """Yield (m1, m2, up, down, f) with <l1 m1 l2 m2 | l3 m1+m2> / sqrt(2 l3 + 1) / sqrt(2)^h
+    = (up / down) sqrt(f), integers, f square-free, where h counts the non-zero m among (m1, m2, m1+m2)
     (the 1/sqrt2 of each Q entry they will be combined with)."""
     top = l1 + l2 + l3 + 1
     primes = _primes_up_to(max(top, 2))
@@ -123,8 +123,7 @@ def _complex_cg_terms(l1: int, l2: int, l3: int):
                 elif half < 0:
                     down *= p ** -half
                 f *= p ** odd
-            r = Fraction(up, down)
-            yield m1, m2, r, f
+            yield m1, m2, up, down, f
 
 
 def _real_basis_entries(l: int, m: int):
@@ -140,23 +139,27 @@ def _real_basis_entries(l: int, m: int):
 
 @functools.lru_cache(maxsize=None)
 def _wigner_3j_sparse_exact(l1: int, l2: int, l3: int) -> Tuple[np.ndarray, np.ndarray]:
-    # acc[(a, b, c)][f] = (real, imaginary) rational coefficient of sqrt(f).
-    acc: Dict[Tuple[int, int, int], Dict[int, List[Fraction]]] = {}
-    for m1, m2, r, f in _complex_cg_terms(l1, l2, l3):
+    terms = list(_complex_cg_terms(l1, l2, l3))
+    # Exact integer arithmetic over one common denominator (much faster than Fractions).
+    denominator = math.lcm(*[down for _, _, _, down, _ in terms]) if terms else 1
+    # acc[(a, b, c)][f] = [real, imaginary] numerator of the coefficient of sqrt(f).
+    acc: Dict[Tuple[int, int, int], Dict[int, List[int]]] = {}
+    for m1, m2, up, down, f in terms:
+        n = up * (denominator // down)
         for a, k1 in _real_basis_entries(l1, m1):
             for b, k2 in _real_basis_entries(l2, m2):
                 for c, k3 in _real_basis_entries(l3, m1 + m2):
                     k = (k1 + k2 - k3) % 4  # conj(Q3) flips the phase of the third factor
-                    slot = acc.setdefault((a, b, c), {}).setdefault(f, [Fraction(0), Fraction(0)])
-                    slot[k % 2] += r if k < 2 else -r
+                    slot = acc.setdefault((a, b, c), {}).setdefault(f, [0, 0])
+                    slot[k % 2] += n if k < 2 else -n
     index, value = [], []
-    for (a, b, c), terms in acc.items():
-        if any(im != 0 for _, im in terms.values()):
+    for (a, b, c), coefficients in acc.items():
+        if any(im != 0 for _, im in coefficients.values()):
             raise AssertionError(f"wigner_3j({l1}, {l2}, {l3}) has an imaginary part: basis change is wrong")
-        real = {f: re for f, (re, _) in terms.items() if re != 0}
+        real = {f: re for f, (re, _) in coefficients.items() if re != 0}
         if real:
             index.append((a + l1, b + l2, c + l3))
-            value.append(_to_float(real))
+            value.append(_to_float(real, denominator))
     order = sorted(range(len(index)), key=lambda i: (index[i][2], index[i][0], index[i][1]))
     return (np.array([index[i] for i in order], dtype=np.int64).reshape(-1, 3),
             np.array([value[i] for i in order], dtype=np.float64))

@@ -84,8 +84,9 @@ class ReferenceKernels:
         return ReferenceTP.vjp_w(plan, x[graph.senders], sh, g[graph.receivers], shared)
 
 
-KERNELS = {"reference": ReferenceKernels}
-SUPPORTS = {"reference": lambda plan: True}
+# "triton": kernels/conv.py, fused and deterministic (receiver / sender CSR segments, no atomics).
+KERNELS = {"reference": ReferenceKernels, "triton": backends.TritonModule("conv")}
+SUPPORTS = {"reference": lambda plan: True, "triton": lambda plan: True}
 
 
 def implemented_backends(plan: TensorProductPlan) -> tuple:

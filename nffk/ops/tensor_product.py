@@ -357,8 +357,9 @@ class ReferenceKernels:
 
 
 # Backend name -> kernels object, and a predicate saying which plans it supports.
-KERNELS = {"reference": ReferenceKernels}
-SUPPORTS = {"reference": lambda plan: True}
+# "triton": kernels/tensor_product.py, generic over the plan (every connection mode).
+KERNELS = {"reference": ReferenceKernels, "triton": backends.TritonModule("tensor_product")}
+SUPPORTS = {"reference": lambda plan: True, "triton": lambda plan: True}
 
 
 def implemented_backends(plan: TensorProductPlan) -> tuple:
