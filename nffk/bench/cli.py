@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 import torch
@@ -57,7 +58,7 @@ def list_cases() -> None:
             print("    (no cases yet)")
         for mode in registry.MODES:
             print(f"    {mode:8s} defaults: {', '.join(module.DEFAULTS[mode]) or '-'}")
-        print(f"    configs: {', '.join(module.CONFIGS) or '-'}")
+        print(f"    configs: {', '.join(registry.config_names(module)) or '-'}")
 
 
 def run(args) -> int:
@@ -90,10 +91,11 @@ def run(args) -> int:
             return 1
         load, cores = (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0), os.cpu_count() or 1
         if load > cores:
-            print(f"nffk bench: warning: the machine is loaded (load average {load:.1f} on {cores} cores); times "
-                  "will be noisy and multi-threaded ones inflated (try --threads 1)", file=sys.stderr)
-        result = run_cases(cases, args.mode, device, getattr(torch, args.dtype), command=["nffk", "bench"] +
-                           list(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]))
+            advice = "; multi-threaded ones are inflated most (try --threads 1)" if torch.get_num_threads() > 1 else ""
+            print(f"nffk bench: warning: the machine is loaded (load average {load:.1f} on {cores} cores): times "
+                  f"will be noisy{advice}", file=sys.stderr)
+        result = run_cases(cases, args.mode, device, getattr(torch, args.dtype),
+                           command=" ".join(shlex.quote(a) for a in sys.argv))
     report.print_table(result)
     if args.json and not args.load:
         report.write_json(result, args.json)

@@ -30,7 +30,7 @@ def parameters(op: str) -> list:
     configs = os.environ.get("NFFK_BENCH_CONFIGS")
     configs = [c for c in configs.split(",") if c] if configs else None
     if configs:
-        configs = [c for c in configs if c in registry.op_module(op).CONFIGS] or None
+        configs = [c for c in configs if c in registry.config_names(registry.op_module(op))] or None
         if configs is None:
             return []
     cases = registry.collect([op], configs, mode, _device(),

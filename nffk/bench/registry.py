@@ -1,7 +1,8 @@
 """Benchmark cases: what is timed (one op, one config, one pass, one size), by which
 implementations (nffk and its peers), and how much work it is (FLOPs and bytes from the plans).
 
-Each op has a module in `nffk.bench.cases` with `CONFIGS` (name -> one-line description),
+Each op has a module in `nffk.bench.cases` with `CONFIGS` (name -> its definition; a module may
+add `ALL_CONFIGS`, a superset with configs run only when named),
 `DEFAULTS` (mode -> config names run when none are named) and
 `cases(configs, mode, device, dtype, sweeps=False, reference=False) -> list[Case]` (`sweeps`: add
 the cases of the plotted sweeps; `reference`: also time nffk's reference backend where "auto"
@@ -74,6 +75,10 @@ def op_module(op: str):
     return importlib.import_module(OPS[op])
 
 
+def config_names(module) -> list:
+    return list(getattr(module, "ALL_CONFIGS", module.CONFIGS))
+
+
 def collect(ops=None, configs=None, mode: str = "default", device="cpu", dtype=torch.float32,
             sweeps: bool = False, reference: bool = False) -> list:
     """The cases of `ops` (all when None) for `configs` (each op's defaults for `mode` when None;
@@ -84,14 +89,14 @@ def collect(ops=None, configs=None, mode: str = "default", device="cpu", dtype=t
     device = torch.device(device)
     modules = {op: op_module(op) for op in ops}
     if configs:
-        known = {name for module in modules.values() for name in module.CONFIGS}
+        known = {name for module in modules.values() for name in config_names(module)}
         unknown = [name for name in configs if name not in known]
         if unknown:
             raise ValueError(f"unknown config(s) {', '.join(unknown)} for ops {', '.join(ops)}; known: "
                              f"{', '.join(sorted(known))}")
     cases = []
     for op, module in modules.items():
-        names = [c for c in configs if c in module.CONFIGS] if configs else list(module.DEFAULTS[mode])
+        names = [c for c in configs if c in config_names(module)] if configs else list(module.DEFAULTS[mode])
         if names or sweeps:
             cases += module.cases(names, mode, device, dtype, sweeps=sweeps, reference=reference)
     return cases

@@ -72,6 +72,8 @@ def header(report: dict) -> list:
     ]
     if missing:
         lines.append(f"not installed: {missing}")
+    if report.get("command"):
+        lines.append(f"command: {report['command']} ({report.get('seconds', 0):.0f} s)")
     return lines
 
 

@@ -159,8 +159,12 @@ def run(cases, mode: str = "default", device="cpu", dtype=torch.float32, command
                 records += run_case(case, effort)
                 bar.advance(task)
     else:
-        for case in cases:
+        for k, case in enumerate(cases):
+            case_start = time.time()
             records += run_case(case, effort)
+            if progress:  # one line per case where there is no terminal for a progress bar
+                print(f"[{k + 1}/{len(cases)}] {case.op} {case.config} {case.pass_name} {case.size_name}={case.size}"
+                      f" ({time.time() - case_start:.0f} s)", file=sys.stderr, flush=True)
     derive(records, floors)
     # Other processes' load is part of what was measured: recorded at both ends of the run.
     machine["load_average_start"] = machine.pop("load_average")

@@ -22,7 +22,7 @@ CONFIGS["tiny"] = 2  # smoke tests (size 1,000 at full)
 DEFAULTS = {"quick": ["lmax-2", "lmax-3"], "default": ["lmax-2", "lmax-3", "lmax-6"],
             "full": ["lmax-2", "lmax-3", "lmax-6", "lmax-8"]}
 DIVISOR = {"quick": 100, "default": 10, "full": 1}
-LMAX_SWEEP = [f"lmax-{l}" for l in range(1, 9)]
+LMAX_SWEEP = [f"lmax-{l}" for l in range(1, 7)]
 PASSES = ("forward", "forward+backward")
 
 

@@ -32,11 +32,13 @@ CONFIGS = {
     "mace-medium": ("128x0e+128x1o", "0e+1o+2e+3o", 2, "uvu", 10_000),
     "high-order": (features(32, 6), sh_irreps(6), 6, "uvu", 2_000),
     "fully-connected": ("48x0e+48x0o+10x1o+10x1e", "0e+1o+2e", "48x0e+48x0o+10x1o+10x1e", "uvw", 10_000),
-    "tiny": ("4x0e+4x1o", "0e+1o", 1, "uvu", 1_600),  # for smoke tests; run only when named
 }
-# The lmax sweep of the plots: 32 channels of l = 0..L times spherical harmonics up to L.
+# Run only when named (smoke tests) or by --plots (the lmax sweep: 32 channels of l = 0..L times
+# spherical harmonics up to L). Kept out of CONFIGS, which other scripts iterate over.
+EXTRA_CONFIGS = {"tiny": ("4x0e+4x1o", "0e+1o", 1, "uvu", 1_600)}
 for _l in range(1, 7):
-    CONFIGS[f"high-order-l{_l}"] = (features(32, _l), sh_irreps(_l), _l, "uvu", 2_000)
+    EXTRA_CONFIGS[f"high-order-l{_l}"] = (features(32, _l), sh_irreps(_l), _l, "uvu", 2_000)
+ALL_CONFIGS = {**CONFIGS, **EXTRA_CONFIGS}
 LMAX_SWEEP = [f"high-order-l{_l}" for _l in range(1, 7)]
 BATCH_SWEEP = {"config": "mace-medium", "quick": [10, 100], "default": [10, 100, 1000],
                "full": [10, 100, 1000, 10_000, 30_000]}
@@ -58,14 +60,14 @@ def build(name: str, backend: str = "auto"):
 
 
 def build_nffk(name: str, backend: str = "auto"):
-    node, edge, out, mode, _ = CONFIGS[name]
+    node, edge, out, mode, _ = ALL_CONFIGS[name]
     if mode == "uvu":
         return nffk.nn.ChannelwiseTensorProduct(node, edge, out, backend=backend)
     return nffk.nn.FullyConnectedTensorProduct(node, edge, out, shared_weights=False, backend=backend)
 
 
 def build_e3nn(name: str, ours):
-    node, edge, _, _, _ = CONFIGS[name]
+    node, edge, _, _, _ = ALL_CONFIGS[name]
     return build_e3nn_from(node, edge, ours)
 
 
@@ -79,7 +81,7 @@ def build_e3nn_from(node: str, edge: str, ours):
 
 
 def build_cuequivariance(name: str, ours, device):
-    node, edge, _, mode, _ = CONFIGS[name]
+    node, edge, _, mode, _ = ALL_CONFIGS[name]
     return cuequivariance_module(node, edge, mode, ours, device)
 
 
@@ -111,7 +113,7 @@ def cuequivariance_module(node: str, edge: str, mode: str, ours, device):
 def build_openequivariance(name: str, ours, device, dtype):
     requires_gpu(device, "OpenEquivariance")
     oeq = require("openequivariance", "openequivariance")
-    node, edge, _, _, _ = CONFIGS[name]
+    node, edge, _, _, _ = ALL_CONFIGS[name]
     instructions = [(i.i_in1, i.i_in2, i.i_out, i.connection_mode, i.has_weight) for i in ours.instructions]
     problem = oeq.TPProblem(oeq.Irreps(node), oeq.Irreps(edge), oeq.Irreps(str(ours.irreps_out)), instructions,
                             shared_weights=False, internal_weights=False, irrep_dtype=dtype, weight_dtype=dtype)
@@ -223,7 +225,7 @@ def _case(name: str, pass_name: str, batch: int, device, dtype, reference: bool,
         return tuple(randn((batch, d), g, device, dtype) for d in dims)
 
     k = KERNELS[pass_name]
-    node, edge, out, mode, _ = CONFIGS[name]
+    node, edge, out, mode, _ = ALL_CONFIGS[name]
     return Case(op="tp", config=name, pass_name=pass_name, size=batch, size_name="batch",
                 make_inputs=make_inputs_for, implementations=_implementations(name, pass_name, device, dtype, reference),
                 flops=k * plan.flops_per_element * batch,
@@ -237,16 +239,16 @@ def _case(name: str, pass_name: str, batch: int, device, dtype, reference: bool,
 def cases(configs, mode: str, device, dtype, sweeps: bool = False, reference: bool = False) -> list:
     result = []
     for name in configs:
-        batch = max(1, CONFIGS[name][4] // DIVISOR[mode])
-        lmax = CONFIGS[name][2] if isinstance(CONFIGS[name][2], int) else None
+        batch = max(1, ALL_CONFIGS[name][4] // DIVISOR[mode])
+        lmax = ALL_CONFIGS[name][2] if isinstance(ALL_CONFIGS[name][2], int) else None
         for pass_name in PASSES:
             result.append(_case(name, pass_name, batch, device, dtype, reference, params={"lmax": lmax}))
     if sweeps:
         for name in LMAX_SWEEP:
-            batch = max(1, CONFIGS[name][4] // DIVISOR[mode])
+            batch = max(1, ALL_CONFIGS[name][4] // DIVISOR[mode])
             for pass_name in ("forward", "forward+backward"):
                 result.append(_case(name, pass_name, batch, device, dtype, reference, family="lmax",
-                                    params={"lmax": CONFIGS[name][2]}))
+                                    params={"lmax": ALL_CONFIGS[name][2]}))
         for batch in BATCH_SWEEP[mode]:
             for pass_name in ("forward", "forward+backward"):
                 result.append(_case(BATCH_SWEEP["config"], pass_name, batch, device, dtype, reference, family="batch",
