@@ -14,7 +14,7 @@ import sys
 import torch
 
 from nffk.bench import registry, report
-from nffk.bench.runner import run as run_cases
+from nffk.bench.runner import derive, run as run_cases
 
 
 def add_arguments(parser):
@@ -45,6 +45,16 @@ def add_arguments(parser):
     parser.add_argument("--list", action="store_true", help="list ops, configs and defaults, then exit")
 
 
+def _command_line() -> str:
+    """How this run was started, as a person would type it."""
+    argv = list(sys.argv)
+    if argv and os.path.basename(argv[0]) in ("cli.py", "nffk"):
+        argv[0] = "nffk"
+    elif argv:
+        argv[0] = os.path.relpath(argv[0]) if os.path.isabs(argv[0]) else argv[0]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
 def _split(text):
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
@@ -67,6 +77,7 @@ def run(args) -> int:
         return 0
     if args.load:
         result = report.read_json(args.load)
+        derive(result["records"], result["floors"])  # ratios and rates again, from the saved times
     else:
         if args.threads is not None:
             if args.threads < 1:
@@ -95,9 +106,9 @@ def run(args) -> int:
             print(f"nffk bench: warning: the machine is loaded (load average {load:.1f} on {cores} cores): times "
                   f"will be noisy{advice}", file=sys.stderr)
         result = run_cases(cases, args.mode, device, getattr(torch, args.dtype),
-                           command=" ".join(shlex.quote(a) for a in sys.argv))
+                           command=_command_line())
     report.print_table(result)
-    if args.json and not args.load:
+    if args.json:
         report.write_json(result, args.json)
         print(f"report written to {args.json}")
     if args.markdown:

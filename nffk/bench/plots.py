@@ -29,12 +29,15 @@ def plot_sweeps(report: dict, directory) -> list:
         floor = {}
         for r in records:
             x = r["params"][family]
-            by_impl[r["impl"]][x] = 1e3 * r["median_s"]
+            label = r["impl"]
+            if r.get("note", "").startswith("backend="):  # which of nffk's backends ran
+                label += f" ({r['note'].split(';')[0]})"
+            by_impl[label][x] = 1e3 * r["median_s"]
             if r.get("floor_s"):
                 floor[x] = 1e3 * r["floor_s"]
         for impl, points in by_impl.items():
             xs = sorted(points)
-            ax.plot(xs, [points[x] for x in xs], marker="o", label=impl, linewidth=2.2 if impl == "nffk" else 1.4)
+            ax.plot(xs, [points[x] for x in xs], marker="o", label=impl, linewidth=2.2 if impl.startswith("nffk") else 1.4)
         if floor:
             xs = sorted(floor)
             ax.plot(xs, [floor[x] for x in xs], linestyle="--", color="0.5", label="floor (copy/matmul rate)")

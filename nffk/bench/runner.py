@@ -123,15 +123,15 @@ def run_case(case, effort: dict) -> list:
 
 def derive(records: list, floors: dict) -> None:
     """Ratios against nffk, achieved rates and the fraction of the floor, in place."""
-    nffk_time = {}
-    for r in records:
-        if r["impl"] == NFFK and r["status"] == "ok":
-            nffk_time[(r["op"], r["config"], r["pass"], r["size"])] = r["median_s"]
+    def case_of(r):  # a sweep may repeat a main case's config and size: it is timed separately
+        return r["op"], r["config"], r["pass"], r["size"], r.get("family")
+
+    nffk_time = {case_of(r): r["median_s"] for r in records if r["impl"] == NFFK and r["status"] == "ok"}
     for r in records:
         if r["status"] != "ok":
             continue
         t = r["median_s"]
-        ours = nffk_time.get((r["op"], r["config"], r["pass"], r["size"]))
+        ours = nffk_time.get(case_of(r))
         r["ratio_vs_nffk"] = t / ours if ours else None
         r["gbytes_per_s"] = r["bytes"] / t / 1e9 if r["bytes"] else None
         r["gflops_per_s"] = r["flops"] / t / 1e9 if r["flops"] else None

@@ -120,6 +120,19 @@ def test_rotation_never_repeats_a_set_back_to_back():
     assert stats["median_s"] == 2.5 and stats["min_s"] == 1.0 and stats["runs"] == 4
 
 
+def test_ratios_are_taken_within_each_case():
+    """A sweep repeating a main case's config and size is a separate case: each has its own nffk time."""
+    def record(impl, seconds, family):
+        return dict(op="tp", config="c", size=10, family=family, impl=impl, status="ok", median_s=seconds,
+                    flops=None, bytes=100.0, **{"pass": "forward"})
+    records = [record("nffk", 1.0, None), record("e3nn", 3.0, None), record("nffk", 2.0, "batch"),
+               record("e3nn", 1.0, "batch")]
+    runner.derive(records, {"copy_bytes_per_s": 1e3, "matmul_flops_per_s": 1e9})
+    assert [r["ratio_vs_nffk"] for r in records] == [1.0, 3.0, 1.0, 0.5]
+    assert records[0]["floor_s"] == pytest.approx(0.1) and records[0]["floor_fraction"] == pytest.approx(0.1)
+    assert records[0]["gflops_per_s"] is None
+
+
 def test_unknown_config_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown config"):
         registry.collect(["tp"], ["no-such-config"], "quick")
