@@ -245,7 +245,7 @@ def _reference_one_system(pos, cell, pbc, cutoff, self_interaction):
         # Dual vectors of the periodic rows within their span: frac = pos @ dual, rows @ dual = I.
         dual = rows.T @ torch.linalg.inv(rows @ rows.T)  # [3, m]
         frac = pos @ dual
-        reach = torch.ceil(cutoff * dual.norm(dim=0)).long() + 1  # |frac_j - frac_i + S| < cutoff |dual|
+        reach = torch.ceil(cutoff * dual.norm(dim=0)).long() + 1  # |frac_j - frac_i + S| < cutoff |dual|; +1 spare
         # Base shift per pair puts frac_j - frac_i + base in [0, 1); then offsets cover the reach.
         base = -torch.floor(frac[None, :, :] - frac[:, None, :]).long()  # [n, n, m]
         axes = [torch.arange(-int(r), int(r) + 1, device=device) for r in reach]
@@ -255,17 +255,15 @@ def _reference_one_system(pos, cell, pbc, cutoff, self_interaction):
         offsets = torch.zeros(1, 0, dtype=torch.int64, device=device)
     diff = pos[None, :, :] - pos[:, None, :]  # [i, j, 3]: positions[j] - positions[i]
     base_vector = diff + base.double() @ rows
-    eye = torch.eye(n, dtype=torch.bool, device=device)
     found = []
     for offset in offsets:
         vector = base_vector + offset.double() @ rows
         keep = (vector * vector).sum(-1) < cutoff * cutoff
-        shift_m = base + offset  # [n, n, m]
-        if not self_interaction:
-            keep &= ~(eye & (shift_m == 0).all(-1))
+        if not self_interaction and not bool(offset.any()):
+            keep.fill_diagonal_(False)  # base is 0 on the diagonal: this is (i, i, S=0)
         i, j = keep.nonzero(as_tuple=True)
         shift = torch.zeros(i.shape[0], 3, dtype=torch.int64, device=device)
-        shift[:, periodic] = shift_m[i, j]
+        shift[:, periodic] = base[i, j] + offset
         found.append((i, j, shift))
     return (torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found]), torch.cat([f[2] for f in found]))
 
