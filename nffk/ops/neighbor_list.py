@@ -177,10 +177,11 @@ def binning_cells(cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
     if num_systems == 0:
         return cell
     periodic_count = pbc.sum(-1)
-    if bool((periodic_count == 3).all()):
-        eff = cell
-    elif bool((periodic_count == 0).all()):
+    all_periodic, none_periodic = torch.stack([(periodic_count == 3).all(), (periodic_count == 0).all()]).tolist()
+    if none_periodic:
         return torch.eye(3, dtype=torch.float64, device=cell.device).expand(num_systems, 3, 3).contiguous()
+    if all_periodic:
+        eff = cell
     else:
         # Right-singular vectors with zero singular value span the complement of the periodic rows.
         _, _, vh = torch.linalg.svd(torch.where(pbc[..., None], cell, 0.0))
@@ -208,22 +209,30 @@ def estimate_pairs(positions, cutoff, eff, pbc, ptr, batch) -> float:
     within the cutoff (which dominate when the cell is much thinner than the cutoff). Fully open
     systems are capped at all pairs."""
     num_systems = eff.shape[0]
+    if num_systems == 0 or positions.shape[0] == 0:
+        return 0.0
     counts = (ptr[1:] - ptr[:-1]).double()
+    periodic = bool(pbc.any())
     # Coordinates along each row's dual direction; open rows are orthonormal, so these are in A.
-    if batch is None:
-        along = positions.double() @ eff[0].transpose(0, 1) if num_systems else positions.double()
-        index = torch.zeros(positions.shape[0], dtype=torch.int64, device=positions.device)
+    if not periodic:
+        along = positions  # eff is the identity
+    elif batch is None:
+        along = positions.double() @ eff[0].transpose(0, 1)
     else:
         along = torch.einsum("nc,nkc->nk", positions.double(), eff[batch])
-        index = batch
-    index3 = index[:, None].expand(-1, 3)
-    high = torch.full((num_systems, 3), -math.inf, dtype=torch.float64, device=positions.device)
-    low = torch.full((num_systems, 3), math.inf, dtype=torch.float64, device=positions.device)
-    high = high.scatter_reduce(0, index3, along, "amax")
-    low = low.scatter_reduce(0, index3, along, "amin")
-    extent = torch.where(pbc, 1.0, (high - low).nan_to_num(0.0).clamp(min=cutoff))
-    volume = torch.linalg.det(eff).abs() * extent.prod(-1)
+    if batch is None:
+        extent = (along.amax(0) - along.amin(0)).double()[None]
+    else:
+        index3 = batch[:, None].expand(-1, 3)
+        high = along.new_full((num_systems, 3), -math.inf).scatter_reduce(0, index3, along, "amax")
+        low = along.new_full((num_systems, 3), math.inf).scatter_reduce(0, index3, along, "amin")
+        extent = (high - low).double().nan_to_num(0.0)  # empty systems: -inf
+    extent = extent.clamp(min=cutoff)
     sphere = 4.0 / 3.0 * math.pi * cutoff**3
+    if not periodic:
+        per_atom = torch.minimum(counts / extent.prod(-1) * sphere + 1, counts)
+        return float((counts * per_atom).sum())
+    volume = torch.linalg.det(eff).abs() * torch.where(pbc, 1.0, extent).prod(-1)
     spacing = 1.0 / torch.linalg.inv(eff).norm(dim=-2)  # distance between opposite cell faces
     own_images = torch.where(pbc, 2 * torch.floor(cutoff / spacing) + 1, 1.0).prod(-1)
     per_atom = counts / volume * sphere + own_images
