@@ -9,17 +9,24 @@ system and their results concatenated with index offsets (what a user must do to
 `floor ms` is the time to write the output bytes at the copy bandwidth measured in this
 process (48 bytes per pair: two int64 indices, three int64 shifts, one float64 distance).
 Reusable: `run(...)` returns one dict per (config, threads).
-"""
-import argparse
-import csv
-import importlib.util
-import json
-import os
-import sys
-import time
 
-import numpy as np
-import torch
+OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, unless set already) when this file is
+imported before torch: on a machine shared with other jobs, libgomp's default spin-waiting
+makes every multi-threaded OpenMP code (nffk's and vesin's alike) several times slower.
+"""
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # only effective if torch is not loaded yet
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run from a checkout without installing
@@ -229,8 +236,9 @@ def main(argv=None):
     with Progress(transient=True) as bar:
         task = bar.add_task("neighbour lists", total=len(args.configs) * len(threads) * args.repeats)
         rows = run(args.configs, args.repeats, args.warmup, threads, progress=lambda: bar.advance(task))
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs visible; median wall time of {args.repeats} "
-          "interleaved rounds; ratio > 1 means nffk is faster")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs visible, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY')}; median wall time of {args.repeats} interleaved rounds; "
+          "ratio > 1 means nffk is faster")
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as handle:
