@@ -28,8 +28,11 @@ constexpr int64_t kChunkAtoms = 64;   // receivers per work item (fixed: determi
 constexpr double kBinsPerCutoff = 1;  // 2 tests fewer candidates but costs more per bin: slower here
 constexpr double kMaxWrap = 1e9;      // atoms further than this many cells away are rejected
 constexpr double kBinMargin = 1e-9;   // bins are this much (relative) thicker than needed
-constexpr int64_t kParallelBinning = 32768;  // fewer atoms: bin serially (~30 ns per atom), as
-                                             // waking threads would cost more than it saves
+// Below about a millisecond of work a phase runs on one thread: waking the others costs more
+// than it saves (and far more on a machine shared with other jobs).
+constexpr int64_t kParallelBinning = 32768;        // atoms (binning: ~30 ns per atom)
+constexpr double kParallelCandidates = 1 << 20;    // candidate pairs (counting: ~1 ns each)
+constexpr int64_t kParallelPairs = 100000;         // pairs (filling: ~10-25 ns each)
 
 // The cell list of one system. Its arrays live in flat buffers shared by all systems (one
 // allocation each, whatever the number of systems); the grid holds offsets into them.
@@ -342,13 +345,20 @@ Result run(const at::Tensor& positions, const int64_t* system_ptr, int64_t num_s
       chunks.push_back({s, a, std::min(a + kChunkAtoms, grids[s].end)});
   const int64_t num_chunks = int64_t(chunks.size());
   const double cutoff_sq = cutoff * cutoff;
+  // Candidates the counting pass will test: per atom, the atoms of the bins within reach.
+  double candidates = 0;
+  for (const Grid& g : grids) {
+    const double n = double(g.end - g.begin);
+    const double stencil = double(2 * g.reach[0] + 1) * double(2 * g.reach[1] + 1) * double(2 * g.reach[2] + 1);
+    candidates += n * std::max(1.0, std::min(n, n / double(g.total_bins()) * stencil));
+  }
 
   // Phase B1: count each receiver's neighbours; then ptr, and outputs of exactly that size.
   const auto long_options = positions.options().dtype(at::kLong);
   at::Tensor ptr = at::empty({num_atoms + 1}, long_options);
   int64_t* out_ptr = ptr.data_ptr<int64_t>();
   out_ptr[0] = 0;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (candidates >= kParallelCandidates)
   for (int64_t c = 0; c < num_chunks; ++c) {
     const Grid& g = grids[chunks[c].system];
     for (int64_t gi = chunks[c].begin; gi < chunks[c].end; ++gi)
@@ -372,7 +382,7 @@ Result run(const at::Tensor& positions, const int64_t* system_ptr, int64_t num_s
   // then are decoded in place into senders, shifts S = T - wrap[j] + wrap[i], and distances /
   // vectors from the original positions (vector = r_j - r_i + S @ cell).
   bool out_of_memory = false;
-#pragma omp parallel
+#pragma omp parallel if (num_pairs >= kParallelPairs)
   {
     std::vector<uint64_t> scratch;  // for sorting
 #pragma omp for schedule(dynamic, 1)

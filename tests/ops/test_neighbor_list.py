@@ -239,7 +239,8 @@ def test_cpu_large_random_system_matches_ase(seeded):
 @needs_ext
 def test_deterministic_across_thread_counts(seeded):
     positions, cells, pbcs, batch, cutoff, _ = random_batch(seeded, num_systems=40)
-    big = torch.rand(3000, 3, generator=seeded, dtype=torch.float64) * 25
+    # Big enough (> 1e5 pairs, > 1e6 candidates) that the kernel actually runs in parallel.
+    big = torch.rand(4000, 3, generator=seeded, dtype=torch.float64) * 25
     before = torch.get_num_threads()
     outs = []
     try:
