@@ -358,8 +358,7 @@ def neighbor_list(positions: torch.Tensor, cutoff: float, cell: Optional[torch.T
     torch.cumsum(torch.bincount(receivers, minlength=num_atoms), 0, out=ptr[1:])
     distances = vectors = None
     if return_distances or return_vectors:
-        edge_batch = None if systems.batch is None else systems.batch
-        vec = edge_vectors(systems.positions.double(), senders, receivers, shifts, systems.cell, edge_batch)
+        vec = edge_vectors(systems.positions.double(), senders, receivers, shifts, systems.cell, systems.batch)
         vectors = vec.to(positions.dtype) if return_vectors else None
         distances = vec.norm(dim=-1).to(positions.dtype) if return_distances else None
     return NeighborList(senders, receivers, shifts, ptr, distances, vectors)
