@@ -167,12 +167,13 @@ void fill_grid(const Grid& g, Atoms& at) {
 }
 
 // Phase B for receiver `a` (index within its system): the number of its neighbours, and with
-// kWrite their keys (unsorted) in out[0:count]. Both passes visit candidates identically, so the
-// count of the first pass is exactly what the second writes. Slot positions are separate x, y,
+// kWrite their keys (unsorted) in out[0:count], never beyond out[capacity - 1]. Both passes
+// visit and test candidates identically, so the first pass counts exactly what the second
+// writes (-1 if it would write more: a bug, reported rather than written out of bounds). Slot positions are separate x, y,
 // z arrays so that the distance loop vectorises.
 template <bool kWrite>
 int64_t search_atom(const Grid& g, const Atoms& at, int64_t a, double cutoff_sq, bool self_interaction,
-                    uint64_t* out) {
+                    uint64_t* out, int64_t capacity) {
   constexpr int64_t kBlock = 64;
   const int64_t gi = g.begin + a;
   const double* ri = at.wrapped.data() + 3 * gi;
@@ -220,17 +221,20 @@ int64_t search_atom(const Grid& g, const Atoms& at, int64_t a, double cutoff_sq,
             const double x = xs[p0 + q] + delta[0], y = ys[p0 + q] + delta[1], z = zs[p0 + q] + delta[2];
             kept |= uint64_t(x * x + y * y + z * z < cutoff_sq) << q;
           }
-          if (!kWrite) {
+          if (!kWrite && !skip_self) {
             found += __builtin_popcountll(kept);
             continue;
           }
           for (; kept; kept &= kept - 1) {  // visit only the kept ones
             const int32_t j = atoms[p0 + __builtin_ctzll(kept)];
             if (skip_self && j == a) continue;
-            out[found++] = (uint64_t(j) << shift) | image;
+            if (kWrite) {
+              if (found == capacity) return -1;  // cannot happen: both passes test alike
+              out[found] = (uint64_t(j) << shift) | image;
+            }
+            ++found;
           }
         }
-        if (!kWrite && skip_self) --found;  // distance 0 < cutoff: it was counted
       }
     }
   }
@@ -362,7 +366,7 @@ Result run(const at::Tensor& positions, const int64_t* system_ptr, int64_t num_s
   for (int64_t c = 0; c < num_chunks; ++c) {
     const Grid& g = grids[chunks[c].system];
     for (int64_t gi = chunks[c].begin; gi < chunks[c].end; ++gi)
-      out_ptr[gi + 1] = search_atom<false>(g, at, gi - g.begin, cutoff_sq, self_interaction, nullptr);
+      out_ptr[gi + 1] = search_atom<false>(g, at, gi - g.begin, cutoff_sq, self_interaction, nullptr, 0);
   }
   for (int64_t i = 0; i < num_atoms; ++i) out_ptr[i + 1] += out_ptr[i];
   const int64_t num_pairs = out_ptr[num_atoms];
@@ -381,7 +385,7 @@ Result run(const at::Tensor& positions, const int64_t* system_ptr, int64_t num_s
   // Phase B2: each receiver's sorted keys go straight into its slice of `senders` (same width),
   // then are decoded in place into senders, shifts S = T - wrap[j] + wrap[i], and distances /
   // vectors from the original positions (vector = r_j - r_i + S @ cell).
-  bool out_of_memory = false;
+  bool out_of_memory = false, mismatch = false;
 #pragma omp parallel if (num_pairs >= kParallelPairs)
   {
     std::vector<uint64_t> scratch;  // for sorting
@@ -392,7 +396,13 @@ Result run(const at::Tensor& positions, const int64_t* system_ptr, int64_t num_s
     const uint64_t mask = (uint64_t(1) << bits) - 1;
     for (int64_t gi = chunks[c].begin; gi < chunks[c].end; ++gi) {
       uint64_t* keys = reinterpret_cast<uint64_t*>(out_senders + out_ptr[gi]);
-      const int64_t count = search_atom<true>(g, at, gi - g.begin, cutoff_sq, self_interaction, keys);
+      const int64_t capacity = out_ptr[gi + 1] - out_ptr[gi];
+      int64_t count = search_atom<true>(g, at, gi - g.begin, cutoff_sq, self_interaction, keys, capacity);
+      if (count != capacity) {
+#pragma omp critical(nffk_neighbor_list_failure)
+        mismatch = true;
+        count = 0;
+      }
       try {  // an exception (out of memory) must not leave an OpenMP region
         sort_keys(keys, count, scratch);
       } catch (...) {
@@ -426,6 +436,7 @@ Result run(const at::Tensor& positions, const int64_t* system_ptr, int64_t num_s
   }
   }
   TORCH_CHECK(!out_of_memory, "neighbor_list: out of memory while sorting neighbours");
+  TORCH_CHECK(!mismatch, "neighbor_list: internal error: the two passes found different pairs (please report)");
   return {senders, receivers, shifts, ptr, distances, vectors};
 }
 

@@ -189,9 +189,10 @@ def binning_cells(cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
         column = (periodic_count[:, None] + rank).clamp(0, 2)
         complement = torch.gather(vh, 1, column[..., None].expand(-1, -1, 3))
         eff = torch.where(pbc[..., None], cell, complement)
-    # |det| / product of periodic row lengths is the sine-like volume ratio of the periodic rows.
-    lengths = torch.where(pbc, cell.norm(dim=-1), 1.0)
-    ratio = torch.linalg.det(eff).abs() / lengths.prod(-1)
+    # |det| of the rows scaled to unit length: the sine-like volume ratio of the periodic rows
+    # (the completion rows are unit and orthogonal to them), free of overflow for huge cells.
+    unit = eff / eff.abs().amax(-1, keepdim=True)
+    ratio = torch.linalg.det(unit / unit.norm(dim=-1, keepdim=True)).abs()
     bad = ~(ratio > 1e-10)
     if bool(bad.any()):
         s = int(bad.nonzero()[0, 0])
@@ -228,7 +229,7 @@ def estimate_pairs(positions, cutoff, eff, pbc, ptr, batch) -> float:
         low = along.new_full((num_systems, 3), math.inf).scatter_reduce(0, index3, along, "amin")
         extent = (high - low).double().nan_to_num(0.0)  # empty systems: -inf
     extent = extent.clamp(min=cutoff)
-    sphere = 4.0 / 3.0 * math.pi * cutoff**3
+    sphere = 4.0 / 3.0 * math.pi * min(cutoff, 1e100) ** 3  # no float overflow for absurd cutoffs
     if not periodic:
         per_atom = torch.minimum(counts / extent.prod(-1) * sphere + 1, counts)
         return float((counts * per_atom).sum())

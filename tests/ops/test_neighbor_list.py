@@ -406,3 +406,22 @@ def test_positions_with_grad_and_cutoff_tensor(seeded):
     positions = torch.rand(10, 3, generator=seeded, dtype=torch.float64, requires_grad=True)
     result = neighbor_list(positions, torch.tensor(0.8), backend="reference")
     assert pair_set(result) == ase_pairs(positions.detach(), 0.8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extreme_but_valid_inputs(backend, seeded):
+    """Finite inputs at the edges of floating point: an answer, never a crash or a bad count."""
+    positions = torch.rand(30, 3, generator=seeded, dtype=torch.float64)
+    # A cutoff whose square underflows to 0: not even coincident atoms are closer than it.
+    assert neighbor_list(positions, 1e-300, backend=backend).senders.numel() == 0
+    # A cutoff whose cube overflows: every pair of an open system.
+    assert neighbor_list(positions, 1e300, backend=backend).senders.numel() == 30 * 29
+    # A cell so large that its determinant overflows is not singular.
+    huge = neighbor_list(positions, 0.5, 1e200 * torch.eye(3, dtype=torch.float64), backend=backend)
+    assert pair_set(huge) == ase_pairs(positions, 0.5)
+    # Atoms 1e8 cells away from a small cell, and coordinates near the float64 limit (open).
+    far = torch.tensor([[1e8, 0.0, 0.0], [0.5, 0.2, 0.0]], dtype=torch.float64)
+    cell = torch.eye(3, dtype=torch.float64)
+    assert pair_set(neighbor_list(far, 1.5, cell, backend=backend)) == ase_pairs(far, 1.5, cell, [True] * 3)
+    wide = torch.tensor([[0.0, 0, 0], [1e300, 0, 0], [-1e300, 1e300, 0], [1.0, 0, 0]], dtype=torch.float64)
+    assert pair_set(neighbor_list(wide, 2.0, backend=backend)) == {(0, 3, (0, 0, 0)), (3, 0, (0, 0, 0))}
