@@ -1,15 +1,16 @@
 // CPU driver of the neighbour list: one cell list per system, OpenMP over fixed chunks of atoms.
 //
 // Phase A (per system): wrap atoms into the cell along periodic directions and counting-sort
-// them into a grid of parallelepiped bins, each at least cutoff / kBinsPerCutoff thick along
-// its face normal. Phase B (per receiver i): visit every bin within reach, each together with
-// the integer image T it is seen through (a bin is visited once per distinct image, so a cell
+// them into a grid of parallelepiped bins, each at least one cutoff thick along its face
+// normal. Phase B (per receiver i): visit every bin within reach, each together with the
+// integer image T it is seen through (a bin is visited once per distinct image, so a cell
 // thinner than the cutoff gives many images); consecutive bins of a row with the same image
-// are one contiguous range of atoms. Candidates closer than the cutoff are kept as 64-bit keys
-// (sender, image), sorted per receiver. Phase C concatenates the chunks in order and writes
-// senders, shifts S = T - wrap[j] + wrap[i], and distances/vectors from the original
-// positions. Chunks have a fixed size and are concatenated in atom order, so the output does
-// not depend on the number of threads.
+// are one contiguous range of atoms. B1 only counts the candidates closer than the cutoff,
+// which gives the CSR pointer and outputs of exactly the right size; B2 repeats the same tests,
+// writes the kept ones as 64-bit keys (sender, image) straight into the receiver's slice of the
+// output, sorts them and decodes them in place into senders, shifts S = T - wrap[j] + wrap[i]
+// and distances/vectors from the original positions. Every receiver owns its slice of the
+// output, so the result does not depend on the number of threads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
@@ -24,7 +25,7 @@
 namespace nffk::cpu {
 namespace {
 
-constexpr int64_t kChunkAtoms = 64;   // receivers per work item (fixed: determinism)
+constexpr int64_t kChunkAtoms = 64;   // receivers per work item (granularity of the dynamic schedule)
 constexpr double kBinsPerCutoff = 1;  // 2 tests fewer candidates but costs more per bin: slower here
 constexpr double kMaxWrap = 1e9;      // atoms further than this many cells away are rejected
 constexpr double kBinMargin = 1e-9;   // bins are this much (relative) thicker than needed
