@@ -99,3 +99,14 @@ def triton_kernels():
         sys.modules["nffk.kernels"] = module
         spec.loader.exec_module(module)
         return module
+
+
+class TritonModule:
+    """Stands for the Triton kernel module `kernels/<name>.py` until first used: importing triton
+    is slow, and TRITON_INTERPRET (CPU testing) must be set before the kernels are defined."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getattr__(self, attr):
+        return getattr(getattr(triton_kernels(), self.name), attr)

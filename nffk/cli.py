@@ -7,6 +7,8 @@ import sys
 # name -> (module, one-line help). The module defines `add_arguments(parser)` and `run(args)`.
 SUBCOMMANDS = {
     "info": ("nffk.cli_info", "show the installed backends, threads and versions"),
+    "data": ("nffk.data.cli", "generate, import or describe a dataset (generate | import | info)"),
+    "report": ("nffk.scaling.cli_report", "fit scaling laws to sweep results and write a report with plots"),
 }
 
 

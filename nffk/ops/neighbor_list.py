@@ -10,7 +10,8 @@ shift, so it is deterministic and `ptr` is a CSR pointer over receivers. Many sy
 different sizes, cells and periodicities are handled in one call through the `batch` vector;
 no pair ever crosses two systems.
 
-Backends: ``"cpu"`` is a C++/OpenMP cell list (csrc/cpu/neighbor_list.cpp); ``"reference"`` is
+Backends: ``"cpu"`` is a C++/OpenMP cell list (csrc/cpu/neighbor_list.cpp), ``"triton"`` the same
+cell list for CUDA tensors (kernels/neighbor_list.py); ``"reference"`` is
 a pure-torch brute force over all pairs and every periodic image that can matter, the oracle
 the C++ kernel is tested against (and which is itself tested against ase). Neighbour lists are
 integer outputs and are not differentiated; build differentiable edge vectors with
@@ -23,7 +24,8 @@ import torch
 
 from nffk import backends
 
-IMPLEMENTED = ("reference", "cpu")
+IMPLEMENTED = ("reference", "cpu", "triton")
+_TRITON = backends.TritonModule("neighbor_list")  # kernels/neighbor_list.py: the same cell list on the GPU
 DEFAULT_MAX_PAIRS = 200_000_000  # ~10 GB of output; raise it explicitly for bigger requests
 
 
@@ -346,8 +348,9 @@ def neighbor_list(positions: torch.Tensor, cutoff: float, cell: Optional[torch.T
                          f"(more than max_pairs={max_pairs:.3g}; ~{48 * estimate / 2**30:.3g} GiB); lower the "
                          "cutoff, check the cell and positions units, or raise max_pairs")
 
-    if chosen == "cpu":
-        senders, receivers, shifts, ptr, distances, vectors = torch.ops.nffk_C.neighbor_list(
+    if chosen in ("cpu", "triton"):
+        kernel = torch.ops.nffk_C.neighbor_list if chosen == "cpu" else _TRITON.neighbor_list
+        senders, receivers, shifts, ptr, distances, vectors = kernel(
             systems.positions, systems.ptr, eff, systems.pbc, systems.cutoff, self_interaction,
             return_distances, return_vectors)
         return NeighborList(senders, receivers, shifts, ptr, distances if return_distances else None,

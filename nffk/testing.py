@@ -1,0 +1,88 @@
+"""Random irreps and tensor-product configurations for tests (of nffk and of new backends).
+
+Everything draws from an explicit `torch.Generator`, so a failing case can be replayed from its seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from nffk.o3 import Irrep, Irreps
+from nffk.ops.tensor_product import MODES
+
+
+def _randint(gen: torch.Generator, low: int, high: int) -> int:
+    """Uniform integer in [low, high]."""
+    return int(torch.randint(low, high + 1, (), generator=gen))
+
+
+def _choice(gen: torch.Generator, options):
+    return options[_randint(gen, 0, len(options) - 1)]
+
+
+def random_irreps(gen: torch.Generator, lmax: int = 3, max_mul: int = 4, max_terms: int = 4,
+                  min_terms: int = 1) -> Irreps:
+    """Irreps with random multiplicities (possibly repeated irreps, unsorted, parity both ways)."""
+    terms = [(_randint(gen, 1, max_mul), Irrep(_randint(gen, 0, lmax), _choice(gen, (1, -1))))
+             for _ in range(_randint(gen, min_terms, max_terms))]
+    return Irreps(terms)
+
+
+@dataclass
+class TensorProductConfig:
+    irreps_in1: Irreps
+    irreps_in2: Irreps
+    irreps_out: Irreps
+    instructions: list
+    options: dict = field(default_factory=dict)  # normalisations and variances
+
+    def __repr__(self):
+        return (f"TensorProductConfig({self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out}, "
+                f"{self.instructions}, {self.options})")
+
+
+def random_tensor_product(gen: torch.Generator, modes=MODES, lmax: int = 3, max_mul: int = 4,
+                          max_paths: int = 6, random_options: bool = True) -> TensorProductConfig:
+    """A random valid tensor product: paths of the given connection modes, outputs shared by
+    several paths where multiplicities allow, unused outputs, random path weights, and (with
+    `random_options`) random normalisations and variances."""
+    modes = list(modes)
+    while True:
+        uniform = any(m in ("uuw", "uuu") for m in modes)
+        irreps1 = random_irreps(gen, lmax, max_mul)
+        # uu* modes pair equal multiplicities: give the second input the first one's multiplicities.
+        irreps2 = (Irreps([(mul, Irrep(_randint(gen, 0, lmax), _choice(gen, (1, -1)))) for mul, _ in irreps1])
+                   if uniform else random_irreps(gen, lmax, max_mul, max_terms=3))
+        outputs, instructions = [], []
+        for _ in range(_randint(gen, 1, max_paths)):
+            i1, i2 = _randint(gen, 0, len(irreps1) - 1), _randint(gen, 0, len(irreps2) - 1)
+            (mul1, ir1), (mul2, ir2) = irreps1[i1], irreps2[i2]
+            mode = _choice(gen, modes)
+            if mode in ("uuw", "uuu") and mul1 != mul2:
+                continue
+            ir_out = _choice(gen, list(ir1 * ir2))
+            mul_out = {"uvu": mul1, "uvv": mul2, "uuu": mul1, "uvuv": mul1 * mul2}.get(mode, _randint(gen, 1, max_mul))
+            # Reuse an existing output block when it fits, so some outputs sum several paths.
+            reuse = [k for k, (m, ir) in enumerate(outputs) if ir == ir_out and m == mul_out]
+            if reuse and _randint(gen, 0, 1):
+                i_out = _choice(gen, reuse)
+            else:
+                outputs.append((mul_out, ir_out))
+                i_out = len(outputs) - 1
+            has_weight = mode in ("uvw", "uuw") or bool(_randint(gen, 0, 3))
+            path_weight = 0.5 + float(torch.rand((), generator=gen, dtype=torch.float64))
+            instructions.append((i1, i2, i_out, mode, has_weight, path_weight))
+        if not instructions:
+            continue
+        if _randint(gen, 0, 3) == 0:  # an output block no path writes: must come out as zeros
+            outputs.append((_randint(gen, 1, max_mul), Irrep(_randint(gen, 0, lmax), _choice(gen, (1, -1)))))
+        irreps_out = Irreps(outputs)
+        options = {}
+        if random_options:
+            options["irrep_normalization"] = _choice(gen, ("component", "norm", "none"))
+            options["path_normalization"] = _choice(gen, ("element", "path", "none"))
+            if _randint(gen, 0, 1):
+                options["in1_var"] = [0.5 + float(torch.rand((), generator=gen)) for _ in irreps1]
+                options["out_var"] = [0.5 + float(torch.rand((), generator=gen)) for _ in irreps_out]
+        return TensorProductConfig(irreps1, irreps2, irreps_out, instructions, options)
