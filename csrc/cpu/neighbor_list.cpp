@@ -1,15 +1,16 @@
 // CPU driver of the neighbour list: one cell list per system, OpenMP over fixed chunks of atoms.
 //
 // Phase A (per system): wrap atoms into the cell along periodic directions and counting-sort
-// them into a grid of parallelepiped bins, each at least cutoff / kBinsPerCutoff thick along
-// its face normal. Phase B (per receiver i): visit every bin within reach, each together with
-// the integer image T it is seen through (a bin is visited once per distinct image, so a cell
+// them into a grid of parallelepiped bins, each at least one cutoff thick along its face
+// normal. Phase B (per receiver i): visit every bin within reach, each together with the
+// integer image T it is seen through (a bin is visited once per distinct image, so a cell
 // thinner than the cutoff gives many images); consecutive bins of a row with the same image
-// are one contiguous range of atoms. Candidates closer than the cutoff are kept as 64-bit keys
-// (sender, image), sorted per receiver. Phase C concatenates the chunks in order and writes
-// senders, shifts S = T - wrap[j] + wrap[i], and distances/vectors from the original
-// positions. Chunks have a fixed size and are concatenated in atom order, so the output does
-// not depend on the number of threads.
+// are one contiguous range of atoms. B1 only counts the candidates closer than the cutoff,
+// which gives the CSR pointer and outputs of exactly the right size; B2 repeats the same tests,
+// writes the kept ones as 64-bit keys (sender, image) straight into the receiver's slice of the
+// output, sorts them and decodes them in place into senders, shifts S = T - wrap[j] + wrap[i]
+// and distances/vectors from the original positions. Every receiver owns its slice of the
+// output, so the result does not depend on the number of threads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
@@ -24,12 +25,18 @@
 namespace nffk::cpu {
 namespace {
 
-constexpr int64_t kChunkAtoms = 64;   // receivers per work item (fixed: determinism)
+constexpr int64_t kChunkAtoms = 64;   // receivers per work item (granularity of the dynamic schedule)
 constexpr double kBinsPerCutoff = 1;  // 2 tests fewer candidates but costs more per bin: slower here
 constexpr double kMaxWrap = 1e9;      // atoms further than this many cells away are rejected
 constexpr double kBinMargin = 1e-9;   // bins are this much (relative) thicker than needed
+// Below about a millisecond of work a phase runs on one thread: waking the others costs more
+// than it saves (and far more on a machine shared with other jobs).
+constexpr int64_t kParallelBinning = 32768;        // atoms (binning: ~30 ns per atom)
+constexpr double kParallelCandidates = 1 << 20;    // candidate pairs (counting: ~1 ns each)
+constexpr int64_t kParallelPairs = 100000;         // pairs (filling: ~10-25 ns each)
 
-// The cell list of one system.
+// The cell list of one system. Its arrays live in flat buffers shared by all systems (one
+// allocation each, whatever the number of systems); the grid holds offsets into them.
 struct Grid {
   int64_t begin = 0, end = 0;  // its atoms
   double h[9] = {}, hinv[9] = {};
@@ -37,13 +44,25 @@ struct Grid {
   int64_t nbins[3] = {1, 1, 1};
   int64_t reach[3] = {0, 0, 0};                    // stencil half-width, in bins
   double lo[3] = {0, 0, 0}, scale[3] = {0, 0, 0};  // bin coordinate = (s - lo) * scale
-  std::vector<int64_t> bin_start;                  // CSR over bins, into this system's slots
-  // Bin coordinate u in [-reach, nbins + reach) -> (bin, image): wrap[k][u + reach[k]].
-  std::vector<int64_t> wrap_bin[3], wrap_image[3];
   // Neighbour key = (sender << 3 * image_bits) | packed (T + image_bias): sorting keys sorts
   // by (sender, image).
   int image_bits = 1;
   int64_t image_bias = 0;
+  int64_t bin_base = 0;                   // its bins: bin_start[bin_base + b], b <= total_bins()
+  int64_t table_base[3] = {0, 0, 0};      // bin coordinate u in [-reach, nbins + reach) of axis k
+                                          // -> (bin, image) at table[table_base[k] + u + reach[k]]
+  int64_t total_bins() const { return nbins[0] * nbins[1] * nbins[2]; }
+  int64_t table_size(int k) const { return nbins[k] + 2 * reach[k]; }
+};
+
+// Buffers shared by all systems.
+struct Atoms {
+  std::vector<double> wrapped, frac;  // [3N] wrapped Cartesian / fractional coordinates
+  std::vector<int32_t> wrap, bin3;    // [3N] r' = r - wrap @ H; bin coordinates
+  std::vector<double> slot_x, slot_y, slot_z;  // [N] wrapped positions in bin order
+  std::vector<int32_t> slot_atom;              // [N] index within its system, in bin order
+  std::vector<int64_t> bin_start, cursor;      // [sum of bins + 1 per system]
+  std::vector<int32_t> table_bin, table_image;
 };
 
 enum Failure { kOk = 0, kSingular = 1, kTooFar = 2, kNoMemory = 3, kTooManyImages = 4 };
@@ -54,35 +73,31 @@ int bit_width(uint64_t x) {
   return bits;
 }
 
-// Phase A for one system. Writes, for each of its atoms, the wrapped position, the wrap
-// (r' = r - wrap @ H) and the bin coordinates; and the slots (atoms in bin order).
+// Phase A1 for one system: fractional and wrapped coordinates of its atoms, and the shape of
+// its grid (bins, reach, key packing).
 template <typename scalar_t>
-int build_grid(Grid& g, const scalar_t* pos, double cutoff, double* wrapped, int32_t* wrap, int32_t* bin3,
-               double* const xyz[3], int32_t* slot_atom) {
+int shape_grid(Grid& g, const scalar_t* pos, double cutoff, Atoms& at) {
   const int64_t n = g.end - g.begin;
   if (!inverse3(g.h, g.hinv)) return kSingular;
-  std::vector<double> frac(3 * n);
   double lo[3] = {INFINITY, INFINITY, INFINITY}, hi[3] = {-INFINITY, -INFINITY, -INFINITY};
-  for (int64_t a = 0; a < n; ++a) {
-    const int64_t gi = g.begin + a;
+  for (int64_t gi = g.begin; gi < g.end; ++gi) {
     const double r[3] = {double(pos[3 * gi]), double(pos[3 * gi + 1]), double(pos[3 * gi + 2])};
-    double s[3];
+    double* s = at.frac.data() + 3 * gi;
+    int32_t* w = at.wrap.data() + 3 * gi;
     fractional(r, g.hinv, s);
     for (int k = 0; k < 3; ++k) {
-      int32_t w = 0;
+      w[k] = 0;
       if (g.periodic[k]) {
         if (!(std::fabs(s[k]) < kMaxWrap)) return kTooFar;
         const double f = std::floor(s[k]);
-        w = int32_t(f);
+        w[k] = int32_t(f);
         s[k] -= f;
       }
-      wrap[3 * gi + k] = w;
-      frac[3 * a + k] = s[k];
       lo[k] = std::min(lo[k], s[k]);
       hi[k] = std::max(hi[k], s[k]);
     }
-    const int32_t* w = wrap + 3 * gi;
-    for (int c = 0; c < 3; ++c) wrapped[3 * gi + c] = r[c] - (w[0] * g.h[c] + w[1] * g.h[3 + c] + w[2] * g.h[6 + c]);
+    for (int c = 0; c < 3; ++c)
+      at.wrapped[3 * gi + c] = r[c] - (w[0] * g.h[c] + w[1] * g.h[3 + c] + w[2] * g.h[6 + c]);
   }
 
   // A pair within the cutoff differs by less than thickness = cutoff * |dual_k| in s_k.
@@ -109,83 +124,97 @@ int build_grid(Grid& g, const scalar_t* pos, double cutoff, double* wrapped, int
     reach = reach >= 0.0 ? std::min(reach, 1e6) : 0.0;
     if (!g.periodic[k]) reach = std::min(reach, nb[k] - 1.0);  // no images: stay inside the grid
     g.reach[k] = int64_t(reach);
-    const int64_t span = g.nbins[k] + 2 * g.reach[k];
-    g.wrap_bin[k].resize(span);
-    g.wrap_image[k].resize(span);
-    for (int64_t q = 0; q < span; ++q) {
-      const int64_t u = q - g.reach[k];
-      const int64_t image = g.periodic[k] ? floor_div(u, g.nbins[k]) : 0;
-      g.wrap_image[k][q] = image;
-      g.wrap_bin[k][q] = u - image * g.nbins[k];
-      max_image = std::max(max_image, image >= 0 ? image : -image);
-    }
+    // Largest |image| on this axis: u / nbins for u in [-reach, nbins + reach).
+    if (g.periodic[k]) max_image = std::max({max_image, -floor_div(-g.reach[k], g.nbins[k]),
+                                              floor_div(g.nbins[k] - 1 + g.reach[k], g.nbins[k])});
   }
   g.image_bias = max_image;
   g.image_bits = std::max(1, bit_width(uint64_t(2 * max_image)));
-  if (bit_width(uint64_t(n)) + 3 * g.image_bits > 64) return kTooManyImages;
-
-  const int64_t total_bins = g.nbins[0] * g.nbins[1] * g.nbins[2];
-  g.bin_start.assign(total_bins + 1, 0);
-  std::vector<int64_t> bin_of(n);
-  for (int64_t a = 0; a < n; ++a) {
-    const int64_t gi = g.begin + a;
-    int64_t b[3];
-    for (int k = 0; k < 3; ++k) {
-      b[k] = clamp_bin((frac[3 * a + k] - g.lo[k]) * g.scale[k], g.nbins[k]);
-      bin3[3 * gi + k] = int32_t(b[k]);
-    }
-    bin_of[a] = (b[0] * g.nbins[1] + b[1]) * g.nbins[2] + b[2];
-    ++g.bin_start[bin_of[a] + 1];
-  }
-  for (int64_t b = 0; b < total_bins; ++b) g.bin_start[b + 1] += g.bin_start[b];
-  std::vector<int64_t> fill(g.bin_start.begin(), g.bin_start.end() - 1);
-  for (int64_t a = 0; a < n; ++a) {  // stable: atoms stay in index order within a bin
-    const int64_t slot = g.begin + fill[bin_of[a]]++;
-    for (int c = 0; c < 3; ++c) xyz[c][slot] = wrapped[3 * (g.begin + a) + c];
-    slot_atom[slot] = int32_t(a);
-  }
+  if (bit_width(uint64_t(n - 1)) + 3 * g.image_bits > 64) return kTooManyImages;
   return kOk;
 }
 
-// Phase B for receiver `a` (index within its system): appends its neighbour keys, sorted, to
-// `out`. Slot positions are separate x, y, z arrays so that the distance loop vectorises.
-void search_atom(const Grid& g, const double* const xyz[3], const int32_t* slot_atom, const double* wrapped,
-                 const int32_t* bin3, int64_t a, double cutoff_sq, bool self_interaction, std::vector<uint64_t>& scratch,
-                 std::vector<uint64_t>& out) {
+// Phase A2 for one system: wrap tables, bin coordinates, counting sort of atoms into bins.
+void fill_grid(const Grid& g, Atoms& at) {
+  for (int k = 0; k < 3; ++k)
+    for (int64_t q = 0; q < g.table_size(k); ++q) {
+      const int64_t u = q - g.reach[k];
+      const int64_t image = g.periodic[k] ? floor_div(u, g.nbins[k]) : 0;
+      at.table_image[g.table_base[k] + q] = int32_t(image);
+      at.table_bin[g.table_base[k] + q] = int32_t(u - image * g.nbins[k]);
+    }
+  int64_t* start = at.bin_start.data() + g.bin_base;
+  int64_t* cursor = at.cursor.data() + g.bin_base;
+  const int64_t total = g.total_bins();
+  std::fill(start, start + total + 1, 0);
+  auto bin_of = [&](int64_t gi) {
+    const int32_t* b = at.bin3.data() + 3 * gi;
+    return (int64_t(b[0]) * g.nbins[1] + b[1]) * g.nbins[2] + b[2];
+  };
+  for (int64_t gi = g.begin; gi < g.end; ++gi) {
+    for (int k = 0; k < 3; ++k)
+      at.bin3[3 * gi + k] = int32_t(clamp_bin((at.frac[3 * gi + k] - g.lo[k]) * g.scale[k], g.nbins[k]));
+    ++start[bin_of(gi) + 1];
+  }
+  for (int64_t b = 0; b < total; ++b) start[b + 1] += start[b];
+  std::copy(start, start + total, cursor);
+  for (int64_t gi = g.begin; gi < g.end; ++gi) {  // stable: atoms stay in index order within a bin
+    const int64_t slot = g.begin + cursor[bin_of(gi)]++;
+    at.slot_x[slot] = at.wrapped[3 * gi];
+    at.slot_y[slot] = at.wrapped[3 * gi + 1];
+    at.slot_z[slot] = at.wrapped[3 * gi + 2];
+    at.slot_atom[slot] = int32_t(gi - g.begin);
+  }
+}
+
+// Phase B for receiver `a` (index within its system): the number of its neighbours, and with
+// kWrite their keys (unsorted) in out[0:count], never beyond out[capacity - 1]. Both passes
+// visit and test candidates identically, so the first pass counts exactly what the second
+// writes (-1 if it would write more: a bug, reported rather than written out of bounds). Slot positions are separate x, y,
+// z arrays so that the distance loop vectorises.
+template <bool kWrite>
+int64_t search_atom(const Grid& g, const Atoms& at, int64_t a, double cutoff_sq, bool self_interaction,
+                    uint64_t* out, int64_t capacity) {
   constexpr int64_t kBlock = 64;
   const int64_t gi = g.begin + a;
-  const double* ri = wrapped + 3 * gi;
-  const double* xs = xyz[0] + g.begin;
-  const double* ys = xyz[1] + g.begin;
-  const double* zs = xyz[2] + g.begin;
-  const int32_t* atoms = slot_atom + g.begin;
+  const double* ri = at.wrapped.data() + 3 * gi;
+  const double* xs = at.slot_x.data() + g.begin;
+  const double* ys = at.slot_y.data() + g.begin;
+  const double* zs = at.slot_z.data() + g.begin;
+  const int32_t* atoms = at.slot_atom.data() + g.begin;
+  const int64_t* bin_start = at.bin_start.data() + g.bin_base;
+  const int32_t* bins[3];
+  const int32_t* images[3];
+  const int64_t b[3] = {at.bin3[3 * gi], at.bin3[3 * gi + 1], at.bin3[3 * gi + 2]};
+  int64_t lo[3], hi[3];
+  for (int k = 0; k < 3; ++k) {
+    bins[k] = at.table_bin.data() + g.table_base[k] + g.reach[k];  // indexed by u in [-reach, nbins + reach)
+    images[k] = at.table_image.data() + g.table_base[k] + g.reach[k];
+    // Non-periodic axes stay inside the grid; on periodic ones the wrap tables cover the reach.
+    lo[k] = g.periodic[k] ? b[k] - g.reach[k] : std::max<int64_t>(0, b[k] - g.reach[k]);
+    hi[k] = g.periodic[k] ? b[k] + g.reach[k] : std::min(g.nbins[k] - 1, b[k] + g.reach[k]);
+  }
   const int bits = g.image_bits, shift = 3 * g.image_bits;
-  const int64_t b0 = bin3[3 * gi], b1 = bin3[3 * gi + 1], b2 = bin3[3 * gi + 2];
-  // Non-periodic axes: stay inside the grid; periodic axes: the wrap tables cover the reach.
-  const int64_t lo2 = g.periodic[2] ? b2 - g.reach[2] : std::max<int64_t>(0, b2 - g.reach[2]);
-  const int64_t hi2 = g.periodic[2] ? b2 + g.reach[2] : std::min(g.nbins[2] - 1, b2 + g.reach[2]);
-  size_t found = 0;
-  for (int64_t u0 = b0 - g.reach[0]; u0 <= b0 + g.reach[0]; ++u0) {
-    if (!g.periodic[0] && (u0 < 0 || u0 >= g.nbins[0])) continue;
-    const int64_t c0 = g.wrap_bin[0][u0 + g.reach[0]], t0 = g.wrap_image[0][u0 + g.reach[0]];
-    for (int64_t u1 = b1 - g.reach[1]; u1 <= b1 + g.reach[1]; ++u1) {
-      if (!g.periodic[1] && (u1 < 0 || u1 >= g.nbins[1])) continue;
-      const int64_t c1 = g.wrap_bin[1][u1 + g.reach[1]], t1 = g.wrap_image[1][u1 + g.reach[1]];
+  int64_t found = 0;
+  for (int64_t u0 = lo[0]; u0 <= hi[0]; ++u0) {
+    const int64_t c0 = bins[0][u0], t0 = images[0][u0];
+    for (int64_t u1 = lo[1]; u1 <= hi[1]; ++u1) {
+      const int64_t c1 = bins[1][u1], t1 = images[1][u1];
       const int64_t row = (c0 * g.nbins[1] + c1) * g.nbins[2];
       // Runs of consecutive bins along axis 2 seen through the same image.
-      for (int64_t u2 = lo2; u2 <= hi2;) {
-        const int64_t c2 = g.wrap_bin[2][u2 + g.reach[2]], t2 = g.wrap_image[2][u2 + g.reach[2]];
-        const int64_t run = std::min(hi2 - u2, g.nbins[2] - 1 - c2);  // bins after the first
-        const int64_t begin = g.bin_start[row + c2], end = g.bin_start[row + c2 + run + 1];
+      for (int64_t u2 = lo[2]; u2 <= hi[2];) {
+        const int64_t c2 = bins[2][u2], t2 = images[2][u2];
+        const int64_t run = std::min(hi[2] - u2, g.nbins[2] - 1 - c2);  // bins after the first
+        const int64_t begin = bin_start[row + c2], end = bin_start[row + c2 + run + 1];
         u2 += run + 1;
         if (begin == end) continue;
         double delta[3];
         for (int c = 0; c < 3; ++c) delta[c] = t0 * g.h[c] + t1 * g.h[3 + c] + t2 * g.h[6 + c] - ri[c];
-        if (scratch.size() < found + size_t(end - begin)) scratch.resize(2 * (found + size_t(end - begin)));
-        uint64_t* key = scratch.data();
+        // The run holding the receiver itself through image 0: it is at distance 0, not a neighbour.
+        const bool skip_self = !self_interaction && (t0 | t1 | t2) == 0 && c0 == b[0] && c1 == b[1] && c2 <= b[2] &&
+                               b[2] <= c2 + run;
         const uint64_t image = (uint64_t(t0 + g.image_bias) << (2 * bits)) | (uint64_t(t1 + g.image_bias) << bits) |
                                uint64_t(t2 + g.image_bias);
-        const size_t first = found;
         for (int64_t p0 = begin; p0 < end; p0 += kBlock) {
           const int64_t len = std::min(kBlock, end - p0);
           uint64_t kept = 0;  // bit q: candidate p0 + q is within the cutoff
@@ -193,24 +222,61 @@ void search_atom(const Grid& g, const double* const xyz[3], const int32_t* slot_
             const double x = xs[p0 + q] + delta[0], y = ys[p0 + q] + delta[1], z = zs[p0 + q] + delta[2];
             kept |= uint64_t(x * x + y * y + z * z < cutoff_sq) << q;
           }
-          for (; kept; kept &= kept - 1)  // visit only the kept ones
-            key[found++] = (uint64_t(atoms[p0 + __builtin_ctzll(kept)]) << shift) | image;
-        }
-        // The receiver is not its own neighbour through image 0 (it is at distance 0).
-        if (!self_interaction && (t0 | t1 | t2) == 0 && c0 == b0 && c1 == b1 && c2 <= b2 && b2 <= c2 + run) {
-          const uint64_t own = (uint64_t(a) << shift) | image;
-          for (size_t q = first; q < found; ++q)
-            if (key[q] == own) {
-              std::copy(key + q + 1, key + found, key + q);
-              --found;
-              break;
+          if (!kWrite && !skip_self) {
+            found += __builtin_popcountll(kept);
+            continue;
+          }
+          for (; kept; kept &= kept - 1) {  // visit only the kept ones
+            const int32_t j = atoms[p0 + __builtin_ctzll(kept)];
+            if (skip_self && j == a) continue;
+            if (kWrite) {
+              if (found == capacity) return -1;  // cannot happen: both passes test alike
+              out[found] = (uint64_t(j) << shift) | image;
             }
+            ++found;
+          }
         }
       }
     }
   }
-  std::sort(scratch.begin(), scratch.begin() + found);
-  out.insert(out.end(), scratch.begin(), scratch.begin() + found);
+  return found;
+}
+
+void insertion_sort(uint64_t* keys, int64_t n) {
+  for (int64_t i = 1; i < n; ++i) {
+    const uint64_t x = keys[i];
+    int64_t j = i;
+    for (; j > 0 && keys[j - 1] > x; --j) keys[j] = keys[j - 1];
+    keys[j] = x;
+  }
+}
+
+// Sorts one receiver's keys: a counting sort on the leading bits of (key - smallest key) into
+// about n buckets, then an insertion sort that only has to order within buckets. Several times
+// faster than std::sort at the typical 10-100 keys; std::sort when keys crowd into few buckets.
+void sort_keys(uint64_t* keys, int64_t n, std::vector<uint64_t>& scratch) {
+  constexpr int kMaxLogBuckets = 12;
+  if (n <= 16) return insertion_sort(keys, n);
+  uint64_t low = keys[0], high = keys[0];
+  for (int64_t e = 1; e < n; ++e) {
+    low = std::min(low, keys[e]);
+    high = std::max(high, keys[e]);
+  }
+  const int log_buckets = std::min(bit_width(uint64_t(n)), kMaxLogBuckets);
+  const int64_t buckets = int64_t(1) << log_buckets;
+  const int shift = std::max(0, bit_width(high - low) - log_buckets);  // (key - low) >> shift < buckets
+  uint32_t start[(1 << kMaxLogBuckets) + 1];
+  std::fill(start, start + buckets + 1, 0u);
+  for (int64_t e = 0; e < n; ++e) ++start[((keys[e] - low) >> shift) + 1];
+  uint32_t crowded = 0;
+  for (int64_t b = 0; b < buckets; ++b) crowded = std::max(crowded, start[b + 1]);
+  if (crowded > 32) return std::sort(keys, keys + n);  // e.g. one atom's many images of itself
+  for (int64_t b = 0; b < buckets; ++b) start[b + 1] += start[b];
+  if (int64_t(scratch.size()) < n) scratch.resize(2 * n);
+  uint64_t* tmp = scratch.data();
+  for (int64_t e = 0; e < n; ++e) tmp[start[(keys[e] - low) >> shift]++] = keys[e];
+  insertion_sort(tmp, n);
+  std::copy(tmp, tmp + n, keys);
 }
 
 using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -220,16 +286,16 @@ Result run(const at::Tensor& positions, const int64_t* system_ptr, int64_t num_s
            const bool* pbc, double cutoff, bool self_interaction, bool want_distances, bool want_vectors) {
   const scalar_t* pos = positions.data_ptr<scalar_t>();
   const int64_t num_atoms = positions.size(0);
-
-  // Phase A: one grid per system.
   std::vector<Grid> grids(num_systems);
-  std::vector<double> wrapped(3 * num_atoms);
-  std::vector<int32_t> wrap(3 * num_atoms), bin3(3 * num_atoms);
-  std::vector<double> slot_x(num_atoms), slot_y(num_atoms), slot_z(num_atoms);
-  std::vector<int32_t> slot_atom(num_atoms);
-  double* const xyz[3] = {slot_x.data(), slot_y.data(), slot_z.data()};
+  Atoms at;
+  at.wrapped.resize(3 * num_atoms);
+  at.frac.resize(3 * num_atoms);
+  at.wrap.resize(3 * num_atoms);
+  at.bin3.resize(3 * num_atoms);
+
+  // Phase A1: wrap atoms and shape each system's grid.
   int failure = kOk;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (num_atoms >= kParallelBinning)
   for (int64_t s = 0; s < num_systems; ++s) {
     Grid& g = grids[s];
     g.begin = system_ptr[s];
@@ -237,12 +303,7 @@ Result run(const at::Tensor& positions, const int64_t* system_ptr, int64_t num_s
     std::memcpy(g.h, cells + 9 * s, sizeof(g.h));
     for (int k = 0; k < 3; ++k) g.periodic[k] = pbc[3 * s + k];
     if (g.begin == g.end) continue;
-    int status;
-    try {
-      status = build_grid(g, pos, cutoff, wrapped.data(), wrap.data(), bin3.data(), xyz, slot_atom.data());
-    } catch (...) {  // exceptions must not leave an OpenMP region
-      status = kNoMemory;
-    }
+    const int status = shape_grid(g, pos, cutoff, at);
     if (status != kOk) {
 #pragma omp critical(nffk_neighbor_list_failure)
       failure = std::max(failure, status);
@@ -253,7 +314,31 @@ Result run(const at::Tensor& positions, const int64_t* system_ptr, int64_t num_s
                     " cell lengths outside its cell along a periodic direction");
   TORCH_CHECK_VALUE(failure != kTooManyImages, "neighbor_list: too many periodic images (a cell is many thousand "
                     "times thinner than the cutoff)");
-  TORCH_CHECK(failure != kNoMemory, "neighbor_list: out of memory while binning atoms");
+
+  // Offsets of each system's bins and wrap tables in the shared buffers.
+  int64_t bins = 0, tables = 0;
+  for (Grid& g : grids) {
+    if (g.begin == g.end) continue;
+    g.bin_base = bins;
+    bins += g.total_bins() + 1;
+    for (int k = 0; k < 3; ++k) {
+      g.table_base[k] = tables;
+      tables += g.table_size(k);
+    }
+  }
+  at.bin_start.resize(bins);
+  at.cursor.resize(bins);
+  at.table_bin.resize(tables);
+  at.table_image.resize(tables);
+  at.slot_x.resize(num_atoms);
+  at.slot_y.resize(num_atoms);
+  at.slot_z.resize(num_atoms);
+  at.slot_atom.resize(num_atoms);
+
+  // Phase A2: fill the grids.
+#pragma omp parallel for schedule(dynamic, 1) if (num_atoms >= kParallelBinning)
+  for (int64_t s = 0; s < num_systems; ++s)
+    if (grids[s].begin != grids[s].end) fill_grid(grids[s], at);
 
   // Work items: fixed-size chunks of receivers that never straddle two systems.
   struct Chunk {
@@ -264,87 +349,95 @@ Result run(const at::Tensor& positions, const int64_t* system_ptr, int64_t num_s
     for (int64_t a = grids[s].begin; a < grids[s].end; a += kChunkAtoms)
       chunks.push_back({s, a, std::min(a + kChunkAtoms, grids[s].end)});
   const int64_t num_chunks = int64_t(chunks.size());
-
-  // Phase B: neighbour keys of each chunk's receivers, in order.
-  std::vector<std::vector<uint64_t>> found(num_chunks);
-  std::vector<int64_t> counts(num_atoms);
   const double cutoff_sq = cutoff * cutoff;
-  bool out_of_memory = false;
-#pragma omp parallel
-  {
-    std::vector<uint64_t> scratch(1024);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < num_chunks; ++c) {
-      const Chunk& chunk = chunks[c];
-      const Grid& g = grids[chunk.system];
-      try {
-        for (int64_t gi = chunk.begin; gi < chunk.end; ++gi) {
-          const size_t before = found[c].size();
-          search_atom(g, xyz, slot_atom.data(), wrapped.data(), bin3.data(), gi - g.begin, cutoff_sq, self_interaction,
-                      scratch, found[c]);
-          counts[gi] = int64_t(found[c].size() - before);
-        }
-      } catch (...) {
-#pragma omp critical(nffk_neighbor_list_failure)
-        out_of_memory = true;
-      }
-    }
+  // Candidates the counting pass will test: per atom, the atoms of the bins within reach.
+  double candidates = 0;
+  for (const Grid& g : grids) {
+    const double n = double(g.end - g.begin);
+    const double stencil = double(2 * g.reach[0] + 1) * double(2 * g.reach[1] + 1) * double(2 * g.reach[2] + 1);
+    candidates += n * std::max(1.0, std::min(n, n / double(g.total_bins()) * stencil));
   }
-  TORCH_CHECK(!out_of_memory, "neighbor_list: out of memory while searching neighbours");
 
-  // Phase C: concatenate in chunk order.
-  std::vector<int64_t> chunk_offset(num_chunks + 1, 0);
-  for (int64_t c = 0; c < num_chunks; ++c) chunk_offset[c + 1] = chunk_offset[c] + int64_t(found[c].size());
-  const int64_t num_pairs = chunk_offset[num_chunks];
+  // Phase B1: count each receiver's neighbours; then ptr, and outputs of exactly that size.
   const auto long_options = positions.options().dtype(at::kLong);
+  at::Tensor ptr = at::empty({num_atoms + 1}, long_options);
+  int64_t* out_ptr = ptr.data_ptr<int64_t>();
+  out_ptr[0] = 0;
+#pragma omp parallel for schedule(dynamic, 1) if (candidates >= kParallelCandidates)
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    const Grid& g = grids[chunks[c].system];
+    for (int64_t gi = chunks[c].begin; gi < chunks[c].end; ++gi)
+      out_ptr[gi + 1] = search_atom<false>(g, at, gi - g.begin, cutoff_sq, self_interaction, nullptr, 0);
+  }
+  for (int64_t i = 0; i < num_atoms; ++i) out_ptr[i + 1] += out_ptr[i];
+  const int64_t num_pairs = out_ptr[num_atoms];
   at::Tensor senders = at::empty({num_pairs}, long_options);
   at::Tensor receivers = at::empty({num_pairs}, long_options);
   at::Tensor shifts = at::empty({num_pairs, 3}, long_options);
-  at::Tensor ptr = at::empty({num_atoms + 1}, long_options);
   at::Tensor distances = at::empty({want_distances ? num_pairs : 0}, positions.options());
   at::Tensor vectors = at::empty({want_vectors ? num_pairs : 0, 3}, positions.options());
   int64_t* out_senders = senders.data_ptr<int64_t>();
   int64_t* out_receivers = receivers.data_ptr<int64_t>();
   int64_t* out_shifts = shifts.data_ptr<int64_t>();
-  int64_t* out_ptr = ptr.data_ptr<int64_t>();
   scalar_t* out_distances = want_distances ? distances.data_ptr<scalar_t>() : nullptr;
   scalar_t* out_vectors = want_vectors ? vectors.data_ptr<scalar_t>() : nullptr;
-  out_ptr[0] = 0;
-  // Every atom belongs to exactly one chunk (empty systems have no atoms), so ptr is complete.
-#pragma omp parallel for schedule(dynamic, 1)
+  const int32_t* wrap = at.wrap.data();
+
+  // Phase B2: each receiver's sorted keys go straight into its slice of `senders` (same width),
+  // then are decoded in place into senders, shifts S = T - wrap[j] + wrap[i], and distances /
+  // vectors from the original positions (vector = r_j - r_i + S @ cell).
+  bool out_of_memory = false, mismatch = false;
+#pragma omp parallel if (num_pairs >= kParallelPairs)
+  {
+    std::vector<uint64_t> scratch;  // for sorting
+#pragma omp for schedule(dynamic, 1)
   for (int64_t c = 0; c < num_chunks; ++c) {
-    const Chunk& chunk = chunks[c];
-    const Grid& g = grids[chunk.system];
+    const Grid& g = grids[chunks[c].system];
     const int bits = g.image_bits, shift = 3 * g.image_bits;
     const uint64_t mask = (uint64_t(1) << bits) - 1;
-    int64_t e = chunk_offset[c];
-    const uint64_t* key = found[c].data();
-    for (int64_t gi = chunk.begin; gi < chunk.end; ++gi) {
-      const int32_t* wi = wrap.data() + 3 * gi;
-      const int64_t stop = e + counts[gi];
-      for (; e < stop; ++e, ++key) {
-        const int64_t gj = g.begin + int64_t(*key >> shift);
-        const int32_t* wj = wrap.data() + 3 * gj;
-        int64_t s[3];
-        for (int k = 0; k < 3; ++k)
-          s[k] = int64_t((*key >> ((2 - k) * bits)) & mask) - g.image_bias - wj[k] + wi[k];
+    for (int64_t gi = chunks[c].begin; gi < chunks[c].end; ++gi) {
+      uint64_t* keys = reinterpret_cast<uint64_t*>(out_senders + out_ptr[gi]);
+      const int64_t capacity = out_ptr[gi + 1] - out_ptr[gi];
+      int64_t count = search_atom<true>(g, at, gi - g.begin, cutoff_sq, self_interaction, keys, capacity);
+      if (count != capacity) {
+#pragma omp critical(nffk_neighbor_list_failure)
+        mismatch = true;
+        count = 0;
+      }
+      try {  // an exception (out of memory) must not leave an OpenMP region
+        sort_keys(keys, count, scratch);
+      } catch (...) {
+#pragma omp critical(nffk_neighbor_list_failure)
+        out_of_memory = true;
+      }
+      const int32_t* wi = wrap + 3 * gi;
+      const int64_t first = out_ptr[gi], last = first + count;
+      for (int64_t e = first; e < last; ++e) {
+        const uint64_t key = uint64_t(out_senders[e]);
+        const int64_t gj = g.begin + int64_t(key >> shift);
+        const int32_t* wj = wrap + 3 * gj;
         out_senders[e] = gj;
         out_receivers[e] = gi;
-        out_shifts[3 * e] = s[0];
-        out_shifts[3 * e + 1] = s[1];
-        out_shifts[3 * e + 2] = s[2];
-        if (want_distances || want_vectors) {
-          double v[3];
-          for (int d = 0; d < 3; ++d)
-            v[d] = (double(pos[3 * gj + d]) - double(pos[3 * gi + d])) + (s[0] * g.h[d] + s[1] * g.h[3 + d] + s[2] * g.h[6 + d]);
-          if (want_distances) out_distances[e] = scalar_t(std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]));
-          if (want_vectors)
-            for (int d = 0; d < 3; ++d) out_vectors[3 * e + d] = scalar_t(v[d]);
-        }
+        for (int k = 0; k < 3; ++k)
+          out_shifts[3 * e + k] = int64_t((key >> ((2 - k) * bits)) & mask) - g.image_bias - wj[k] + wi[k];
       }
-      out_ptr[gi + 1] = e;
+      if (!want_distances && !want_vectors) continue;
+      // A separate loop over plain arrays, so that it vectorises (gathers, sqrt).
+      const double ri[3] = {double(pos[3 * gi]), double(pos[3 * gi + 1]), double(pos[3 * gi + 2])};
+      for (int64_t e = first; e < last; ++e) {
+        const int64_t gj = out_senders[e];
+        const double s0 = double(out_shifts[3 * e]), s1 = double(out_shifts[3 * e + 1]), s2 = double(out_shifts[3 * e + 2]);
+        double v[3];
+        for (int d = 0; d < 3; ++d) v[d] = (double(pos[3 * gj + d]) - ri[d]) + (s0 * g.h[d] + s1 * g.h[3 + d] + s2 * g.h[6 + d]);
+        if (want_distances) out_distances[e] = scalar_t(std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]));
+        if (want_vectors)
+          for (int d = 0; d < 3; ++d) out_vectors[3 * e + d] = scalar_t(v[d]);
+      }
     }
   }
+  }
+  TORCH_CHECK(!out_of_memory, "neighbor_list: out of memory while sorting neighbours");
+  TORCH_CHECK(!mismatch, "neighbor_list: internal error: the two passes found different pairs (please report)");
   return {senders, receivers, shifts, ptr, distances, vectors};
 }
 

@@ -16,6 +16,10 @@ PACKAGES = ("nffk", "torch", "numpy", "e3nn", "opt_einsum_fx", "cuequivariance",
             "sphericart-torch", "vesin", "vesin-torch", "matscipy", "ase", "triton", "pytest-benchmark")
 
 
+ENVIRONMENT = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND", "MKL_NUM_THREADS",
+               "NFFK_BACKEND", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")
+
+
 def package_versions() -> dict:
     """Installed version of each package in PACKAGES (None when absent)."""
     versions = {}
@@ -67,6 +71,8 @@ def describe_machine(device: torch.device) -> dict:
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "device": str(device),
         "nffk_extension": "loaded" if _ext.loaded() else f"missing ({_ext.ERROR})",
+        # Settings that change what is measured: threading and nffk's backend override.
+        "environment": {k: os.environ[k] for k in ENVIRONMENT if k in os.environ},
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

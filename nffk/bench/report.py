@@ -65,7 +65,8 @@ def header(report: dict) -> list:
         f"{m['cpu']} ({m['cpu_count']} cores), {s['device']}" + (f" {m['gpu']}" if m.get("gpu") else "") +
         f", {s['threads']} torch thread(s), {s['dtype']}, mode {s['mode']}, {report['created']}",
         f"load average (1/5/15 min) at start {load(m.get('load_average_start'))}, at end "
-        f"{load(m.get('load_average_end'))}; nffk extension {m['nffk_extension']}",
+        f"{load(m.get('load_average_end'))}; nffk extension {m['nffk_extension']}" +
+        "".join(f"; {k}={v}" for k, v in (m.get("environment") or {}).items()),
         f"floors measured in this run: copy {f['copy_bytes_per_s'] / 1e9:.3g} GB/s, "
         f"{f['matmul_dtype']} matmul {f['matmul_flops_per_s'] / 1e9:.3g} GFLOP/s",
         f"nffk {p.get('nffk')}; installed: {peers}",

@@ -179,10 +179,11 @@ def binning_cells(cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
     if num_systems == 0:
         return cell
     periodic_count = pbc.sum(-1)
-    if bool((periodic_count == 3).all()):
-        eff = cell
-    elif bool((periodic_count == 0).all()):
+    all_periodic, none_periodic = torch.stack([(periodic_count == 3).all(), (periodic_count == 0).all()]).tolist()
+    if none_periodic:
         return torch.eye(3, dtype=torch.float64, device=cell.device).expand(num_systems, 3, 3).contiguous()
+    if all_periodic:
+        eff = cell
     else:
         # Right-singular vectors with zero singular value span the complement of the periodic rows.
         _, _, vh = torch.linalg.svd(torch.where(pbc[..., None], cell, 0.0))
@@ -190,9 +191,10 @@ def binning_cells(cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
         column = (periodic_count[:, None] + rank).clamp(0, 2)
         complement = torch.gather(vh, 1, column[..., None].expand(-1, -1, 3))
         eff = torch.where(pbc[..., None], cell, complement)
-    # |det| / product of periodic row lengths is the sine-like volume ratio of the periodic rows.
-    lengths = torch.where(pbc, cell.norm(dim=-1), 1.0)
-    ratio = torch.linalg.det(eff).abs() / lengths.prod(-1)
+    # |det| of the rows scaled to unit length: the sine-like volume ratio of the periodic rows
+    # (the completion rows are unit and orthogonal to them), free of overflow for huge cells.
+    unit = eff / eff.abs().amax(-1, keepdim=True)
+    ratio = torch.linalg.det(unit / unit.norm(dim=-1, keepdim=True)).abs()
     bad = ~(ratio > 1e-10)
     if bool(bad.any()):
         s = int(bad.nonzero()[0, 0])
@@ -210,22 +212,30 @@ def estimate_pairs(positions, cutoff, eff, pbc, ptr, batch) -> float:
     within the cutoff (which dominate when the cell is much thinner than the cutoff). Fully open
     systems are capped at all pairs."""
     num_systems = eff.shape[0]
+    if num_systems == 0 or positions.shape[0] == 0:
+        return 0.0
     counts = (ptr[1:] - ptr[:-1]).double()
+    periodic = bool(pbc.any())
     # Coordinates along each row's dual direction; open rows are orthonormal, so these are in A.
-    if batch is None:
-        along = positions.double() @ eff[0].transpose(0, 1) if num_systems else positions.double()
-        index = torch.zeros(positions.shape[0], dtype=torch.int64, device=positions.device)
+    if not periodic:
+        along = positions  # eff is the identity
+    elif batch is None:
+        along = positions.double() @ eff[0].transpose(0, 1)
     else:
         along = torch.einsum("nc,nkc->nk", positions.double(), eff[batch])
-        index = batch
-    index3 = index[:, None].expand(-1, 3)
-    high = torch.full((num_systems, 3), -math.inf, dtype=torch.float64, device=positions.device)
-    low = torch.full((num_systems, 3), math.inf, dtype=torch.float64, device=positions.device)
-    high = high.scatter_reduce(0, index3, along, "amax")
-    low = low.scatter_reduce(0, index3, along, "amin")
-    extent = torch.where(pbc, 1.0, (high - low).nan_to_num(0.0).clamp(min=cutoff))
-    volume = torch.linalg.det(eff).abs() * extent.prod(-1)
-    sphere = 4.0 / 3.0 * math.pi * cutoff**3
+    if batch is None:
+        extent = (along.amax(0) - along.amin(0)).double()[None]
+    else:
+        index3 = batch[:, None].expand(-1, 3)
+        high = along.new_full((num_systems, 3), -math.inf).scatter_reduce(0, index3, along, "amax")
+        low = along.new_full((num_systems, 3), math.inf).scatter_reduce(0, index3, along, "amin")
+        extent = (high - low).double().nan_to_num(0.0)  # empty systems: -inf
+    extent = extent.clamp(min=cutoff)
+    sphere = 4.0 / 3.0 * math.pi * min(cutoff, 1e100) ** 3  # no float overflow for absurd cutoffs
+    if not periodic:
+        per_atom = torch.minimum(counts / extent.prod(-1) * sphere + 1, counts)
+        return float((counts * per_atom).sum())
+    volume = torch.linalg.det(eff).abs() * torch.where(pbc, 1.0, extent).prod(-1)
     spacing = 1.0 / torch.linalg.inv(eff).norm(dim=-2)  # distance between opposite cell faces
     own_images = torch.where(pbc, 2 * torch.floor(cutoff / spacing) + 1, 1.0).prod(-1)
     per_atom = counts / volume * sphere + own_images
@@ -247,7 +257,7 @@ def _reference_one_system(pos, cell, pbc, cutoff, self_interaction):
         # Dual vectors of the periodic rows within their span: frac = pos @ dual, rows @ dual = I.
         dual = rows.T @ torch.linalg.inv(rows @ rows.T)  # [3, m]
         frac = pos @ dual
-        reach = torch.ceil(cutoff * dual.norm(dim=0)).long() + 1  # |frac_j - frac_i + S| < cutoff |dual|
+        reach = torch.ceil(cutoff * dual.norm(dim=0)).long() + 1  # |frac_j - frac_i + S| < cutoff |dual|; +1 spare
         # Base shift per pair puts frac_j - frac_i + base in [0, 1); then offsets cover the reach.
         base = -torch.floor(frac[None, :, :] - frac[:, None, :]).long()  # [n, n, m]
         axes = [torch.arange(-int(r), int(r) + 1, device=device) for r in reach]
@@ -257,17 +267,15 @@ def _reference_one_system(pos, cell, pbc, cutoff, self_interaction):
         offsets = torch.zeros(1, 0, dtype=torch.int64, device=device)
     diff = pos[None, :, :] - pos[:, None, :]  # [i, j, 3]: positions[j] - positions[i]
     base_vector = diff + base.double() @ rows
-    eye = torch.eye(n, dtype=torch.bool, device=device)
     found = []
     for offset in offsets:
         vector = base_vector + offset.double() @ rows
         keep = (vector * vector).sum(-1) < cutoff * cutoff
-        shift_m = base + offset  # [n, n, m]
-        if not self_interaction:
-            keep &= ~(eye & (shift_m == 0).all(-1))
+        if not self_interaction and not bool(offset.any()):
+            keep.fill_diagonal_(False)  # base is 0 on the diagonal: this is (i, i, S=0)
         i, j = keep.nonzero(as_tuple=True)
         shift = torch.zeros(i.shape[0], 3, dtype=torch.int64, device=device)
-        shift[:, periodic] = shift_m[i, j]
+        shift[:, periodic] = base[i, j] + offset
         found.append((i, j, shift))
     return (torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found]), torch.cat([f[2] for f in found]))
 
@@ -354,8 +362,7 @@ def neighbor_list(positions: torch.Tensor, cutoff: float, cell: Optional[torch.T
     torch.cumsum(torch.bincount(receivers, minlength=num_atoms), 0, out=ptr[1:])
     distances = vectors = None
     if return_distances or return_vectors:
-        edge_batch = None if systems.batch is None else systems.batch
-        vec = edge_vectors(systems.positions.double(), senders, receivers, shifts, systems.cell, edge_batch)
+        vec = edge_vectors(systems.positions.double(), senders, receivers, shifts, systems.cell, systems.batch)
         vectors = vec.to(positions.dtype) if return_vectors else None
         distances = vec.norm(dim=-1).to(positions.dtype) if return_distances else None
     return NeighborList(senders, receivers, shifts, ptr, distances, vectors)

@@ -7,21 +7,28 @@
 
 namespace nffk {
 
-// Inverse of a 3x3 matrix by the adjugate; false if it is singular or not finite.
+// Inverse of a 3x3 matrix of lattice rows; false if it is singular or not finite. The rows are
+// normalised first (H = D U, H^-1 = U^-1 D^-1), so very large or small cells do not overflow.
 NFFK_HD bool inverse3(const double* h, double* inv) {
-  const double c00 = h[4] * h[8] - h[5] * h[7], c01 = h[5] * h[6] - h[3] * h[8], c02 = h[3] * h[7] - h[4] * h[6];
-  const double det = h[0] * c00 + h[1] * c01 + h[2] * c02;
-  if (!(std::fabs(det) > 0.0) || !std::isfinite(det)) return false;
+  double u[9], length[3];
+  for (int k = 0; k < 3; ++k) {
+    const double big = std::fmax(std::fabs(h[3 * k]), std::fmax(std::fabs(h[3 * k + 1]), std::fabs(h[3 * k + 2])));
+    if (!(big > 0.0) || !std::isfinite(big)) return false;
+    double norm = 0.0;  // of the row divided by its largest entry: no overflow
+    for (int c = 0; c < 3; ++c) norm += (h[3 * k + c] / big) * (h[3 * k + c] / big);
+    norm = std::sqrt(norm);
+    length[k] = big * norm;
+    for (int c = 0; c < 3; ++c) u[3 * k + c] = (h[3 * k + c] / big) / norm;
+  }
+  const double c00 = u[4] * u[8] - u[5] * u[7], c01 = u[5] * u[6] - u[3] * u[8], c02 = u[3] * u[7] - u[4] * u[6];
+  const double det = u[0] * c00 + u[1] * c01 + u[2] * c02;
+  if (!(std::fabs(det) > 1e-14)) return false;
   const double r = 1.0 / det;
-  inv[0] = c00 * r;
-  inv[1] = (h[2] * h[7] - h[1] * h[8]) * r;
-  inv[2] = (h[1] * h[5] - h[2] * h[4]) * r;
-  inv[3] = c01 * r;
-  inv[4] = (h[0] * h[8] - h[2] * h[6]) * r;
-  inv[5] = (h[2] * h[3] - h[0] * h[5]) * r;
-  inv[6] = c02 * r;
-  inv[7] = (h[1] * h[6] - h[0] * h[7]) * r;
-  inv[8] = (h[0] * h[4] - h[1] * h[3]) * r;
+  const double adj[9] = {c00, u[2] * u[7] - u[1] * u[8], u[1] * u[5] - u[2] * u[4],
+                         c01, u[0] * u[8] - u[2] * u[6], u[2] * u[3] - u[0] * u[5],
+                         c02, u[1] * u[6] - u[0] * u[7], u[0] * u[4] - u[1] * u[3]};
+  for (int c = 0; c < 3; ++c)
+    for (int k = 0; k < 3; ++k) inv[3 * c + k] = adj[3 * c + k] * r / length[k];  // length may be inf: then 0  // column k scaled by 1/|row k|
   return true;
 }
 
