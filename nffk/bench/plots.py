@@ -8,6 +8,8 @@ import re
 from collections import defaultdict
 
 X_LABEL = {"lmax": "lmax", "batch": "batch size"}
+SWEEP_TITLES = {("tp", "lmax"): "tensor product 32x(l = 0..lmax) x Y(0..lmax), batch fixed",
+                ("sh", "lmax"): "spherical harmonics Y(0..lmax)"}
 
 
 def plot_sweeps(report: dict, directory) -> list:
@@ -50,8 +52,8 @@ def plot_sweeps(report: dict, directory) -> list:
             ax.minorticks_off()
         ax.set_xlabel(X_LABEL.get(family, family))
         ax.set_ylabel("median time (ms)")
-        config = records[0]["config"] if family == "batch" else records[0]["config"].rsplit("-l", 1)[0]
-        ax.set_title(f"{op} {config}: {pass_name}", fontsize=11)
+        title = SWEEP_TITLES.get((op, family), f"{op} {records[0]['config']}" if family == "batch" else op)
+        ax.set_title(f"{title}: {pass_name}", fontsize=11)
         fig.text(0.01, 0.01, f"{machine['cpu']}, {settings['device']}, {settings['threads']} thread(s), "
                              f"{settings['dtype']}, {report['created']}", fontsize=7, color="0.4")
         ax.grid(True, which="both", alpha=0.3)
