@@ -25,7 +25,8 @@ def add_arguments(parser):
     parser.add_argument("--ops", default=",".join(op for op in registry.OPS if op != "model"),
                         help=f"comma-separated ops among {','.join(registry.OPS)} (default: all with cases)")
     parser.add_argument("--configs", default=None,
-                        help="comma-separated config names (default: each op's defaults for the mode; --list shows them)")
+                        help="comma-separated config names (default: each op's defaults for the mode; "
+                             "--list shows them)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="mode", const="quick",
                       help="small sizes and few repeats: a smoke test")

@@ -39,7 +39,8 @@ def plot_sweeps(report: dict, directory) -> list:
                 floor[x] = 1e3 * r["floor_s"]
         for impl, points in by_impl.items():
             xs = sorted(points)
-            ax.plot(xs, [points[x] for x in xs], marker="o", label=impl, linewidth=2.2 if impl.startswith("nffk") else 1.4)
+            ax.plot(xs, [points[x] for x in xs], marker="o", label=impl,
+                    linewidth=2.2 if impl.startswith("nffk") else 1.4)
         if floor:
             xs = sorted(floor)
             ax.plot(xs, [floor[x] for x in xs], linestyle="--", color="0.5", label="floor (copy/matmul rate)")

@@ -64,10 +64,6 @@ class Case:
     rtol: float = 1e-4  # outputs agree when max|a - b| <= rtol * max|b|
     description: str = ""
 
-    @property
-    def key(self) -> str:
-        return f"{self.op}/{self.config}/{self.pass_name}/{self.size_name}={self.size}"
-
 
 def op_module(op: str):
     if op not in OPS:

@@ -227,7 +227,8 @@ def _case(name: str, pass_name: str, batch: int, device, dtype, reference: bool,
     k = KERNELS[pass_name]
     node, edge, out, mode, _ = ALL_CONFIGS[name]
     return Case(op="tp", config=name, pass_name=pass_name, size=batch, size_name="batch",
-                make_inputs=make_inputs_for, implementations=_implementations(name, pass_name, device, dtype, reference),
+                make_inputs=make_inputs_for,
+                implementations=_implementations(name, pass_name, device, dtype, reference),
                 flops=k * plan.flops_per_element * batch,
                 bytes=k * plan.bytes_per_element(dtype, shared_weights=False) * batch,
                 input_bytes=batch * sum(dims) * size, params=dict(params or {}), family=family, device=device,
