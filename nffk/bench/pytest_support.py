@@ -13,7 +13,7 @@ import os
 import torch
 
 from nffk.bench import registry
-from nffk.bench.timing import Rotation, rotation_sets, synchronize
+from nffk.bench.timing import Rotation, device_cache_bytes, rotation_sets, synchronize
 
 
 def _device() -> torch.device:
@@ -47,7 +47,8 @@ def benchmark_case(benchmark, case, impl, rounds: int | None = None, warmup: int
         built = impl.build()
     except registry.PeerMissing as why:
         pytest.skip(f"{impl.name}: {why}")
-    input_sets = [case.make_inputs(seed) for seed in range(rotation_sets(case.input_bytes))]
+    n_sets = rotation_sets(case.input_bytes, cache_bytes=device_cache_bytes(case.device))
+    input_sets = [case.make_inputs(seed) for seed in range(n_sets)]
     if built.adapt is not None:
         input_sets = [built.adapt(args) for args in input_sets]
     rotation = Rotation(input_sets)

@@ -15,7 +15,7 @@ import torch
 
 from nffk.bench.machine import describe_machine, measure_floors, package_versions
 from nffk.bench.registry import PeerMissing, same_result
-from nffk.bench.timing import Rotation, rotation_sets, summarize, time_interleaved
+from nffk.bench.timing import Rotation, device_cache_bytes, rotation_sets, summarize, time_interleaved
 
 SCHEMA = "nffk-bench/1"
 NFFK = "nffk"  # the implementation every ratio is taken against
@@ -57,13 +57,6 @@ def _short(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:200]
 
 
-def _cache_bytes(device: torch.device) -> int | None:
-    """The cache the rotated inputs must overflow: the GPU's L2 on a GPU, else the CPU's last level."""
-    if device.type == "cuda":
-        return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", None) or (50 << 20)
-    return None
-
-
 def run_case(case, effort: dict) -> list:
     """Records (dicts) for every implementation of one case."""
     base = {"op": case.op, "config": case.config, "pass": case.pass_name, "size": case.size,
@@ -86,7 +79,7 @@ def run_case(case, effort: dict) -> list:
         record["build_s"] = time.perf_counter() - started
         records[impl.name] = record
 
-    n_sets = rotation_sets(case.input_bytes, cache_bytes=_cache_bytes(case.device))
+    n_sets = rotation_sets(case.input_bytes, cache_bytes=device_cache_bytes(case.device))
     input_sets = [case.make_inputs(seed) for seed in range(n_sets)]
     adapt = {name: b.adapt for name, b in built.items() if b.adapt is not None}
 

@@ -37,6 +37,14 @@ def last_level_cache_bytes() -> int:
     return best or 32 << 20
 
 
+def device_cache_bytes(device) -> int:
+    """The cache rotated inputs must overflow: a GPU's L2, else the CPU's last-level cache."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or (50 << 20)
+    return last_level_cache_bytes()
+
+
 def rotation_sets(bytes_per_set: float, cache_bytes: int | None = None, max_sets: int = 16,
                   max_total: float = 1 << 30) -> int:
     """How many input sets to rotate through so that the set a call reads was last touched more
