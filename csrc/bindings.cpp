@@ -10,11 +10,23 @@ TORCH_LIBRARY(nffk_C, m) {
   m.def(
       "neighbor_list(Tensor positions, Tensor system_ptr, Tensor cells, Tensor pbc, float cutoff, "
       "bool self_interaction, bool distances, bool vectors) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Tensor products: the plan's kernel tables (paths, coefficients, cg_index, cg_value) travel with the
+  // inputs; the caller allocates `out` and every element of it is written.
+#define NFFK_TP_TABLES "Tensor paths, Tensor coefficients, Tensor cg_index, Tensor cg_value"
+  m.def("tp_forward(Tensor x1, Tensor x2, Tensor w, " NFFK_TP_TABLES ", bool weighted_only, Tensor(a!) out) -> ()");
+  m.def("tp_vjp_x1(Tensor g, Tensor x2, Tensor w, " NFFK_TP_TABLES ", bool weighted_only, Tensor(a!) out) -> ()");
+  m.def("tp_vjp_x2(Tensor x1, Tensor g, Tensor w, " NFFK_TP_TABLES ", bool weighted_only, Tensor(a!) out) -> ()");
+  m.def("tp_vjp_w(Tensor x1, Tensor x2, Tensor g, " NFFK_TP_TABLES ", Tensor(a!) out) -> ()");
+#undef NFFK_TP_TABLES
 }
 
 TORCH_LIBRARY_IMPL(nffk_C, CPU, m) {
   m.impl("segment_sum", &nffk::cpu::segment_sum);
   m.impl("neighbor_list", &nffk::cpu::neighbor_list);
+  m.impl("tp_forward", &nffk::cpu::tp_forward);
+  m.impl("tp_vjp_x1", &nffk::cpu::tp_vjp_x1);
+  m.impl("tp_vjp_x2", &nffk::cpu::tp_vjp_x2);
+  m.impl("tp_vjp_w", &nffk::cpu::tp_vjp_w);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

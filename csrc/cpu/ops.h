@@ -13,4 +13,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& positions, const at::Tensor& system_ptr, const at::Tensor& cells, const at::Tensor& pbc,
     double cutoff, bool self_interaction, bool distances, bool vectors);
 
+// Tensor products (csrc/cpu/tensor_product.cpp): write `out`, every element of it.
+void tp_forward(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w, const at::Tensor& paths,
+                const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
+                bool weighted_only, const at::Tensor& out);
+void tp_vjp_x1(const at::Tensor& g, const at::Tensor& x2, const at::Tensor& w, const at::Tensor& paths,
+               const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
+               bool weighted_only, const at::Tensor& out);
+void tp_vjp_x2(const at::Tensor& x1, const at::Tensor& g, const at::Tensor& w, const at::Tensor& paths,
+               const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
+               bool weighted_only, const at::Tensor& out);
+void tp_vjp_w(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& g, const at::Tensor& paths,
+              const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
+              const at::Tensor& out);
+
 }  // namespace nffk::cpu
