@@ -16,6 +16,7 @@
 
 #include "ops.h"
 #include "scratch.h"
+#include "transpose.h"
 #include "nffk/tensor_product.h"
 
 namespace nffk::cpu {
@@ -42,7 +43,7 @@ struct Program {
   std::vector<int32_t> by_i, cg_j;
   std::vector<T> cg_value;
   std::vector<std::pair<int64_t, int64_t>> out_gaps, x1_gaps, weight_gaps;  // ranges no path writes
-  int64_t x1_scratch = 0, out_scratch = 0, a_size = 0, z_size = 0, max_ld = 0;
+  int64_t x1_scratch = 0, out_scratch = 0, rows_size = 0, a_size = 0, t_size = 0, z_size = 0, max_ld = 0;
 };
 
 std::vector<std::pair<int64_t, int64_t>> gaps(std::vector<std::pair<int64_t, int64_t>> covered, int64_t size) {
@@ -220,7 +221,10 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
     path.cg_j = prog.cg_j.data();
     path.cg_value = prog.cg_value.data();
     prog.paths.push_back(path);
-    prog.a_size = std::max<int64_t>(prog.a_size, int64_t(path.num_pairs) * path.mul2);
+    const int64_t ld1 = round_up(path.mul1, lanes);
+    prog.a_size = std::max<int64_t>(prog.a_size, int64_t(path.d1) * path.d3);
+    prog.t_size = std::max<int64_t>(prog.t_size, path.d2 * ld1);
+    prog.rows_size = std::max<int64_t>(prog.rows_size, std::max(path.d1, path.d3) * ld1);
     if (path.mode == tp::kUVW) {
       prog.z_size = std::max<int64_t>(prog.z_size, int64_t(path.mul2) * path.d3 * round_up(path.mul1, lanes));
     }
@@ -232,11 +236,11 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
 template <typename T>
 struct TPScratch {
   AlignedBuffer<T> memory;
-  T *x1c, *gx1c, *outc, *gc, *wg, *a, *s, *z, *wv, *gwv;
+  T *x1c, *gx1c, *outc, *gc, *rows, *A, *t, *z, *wv, *gwv;
   explicit TPScratch(const Program<T>& prog) {
-    const int64_t sizes[] = {prog.x1_scratch, prog.x1_scratch, prog.out_scratch, prog.out_scratch,
-                             prog.out_scratch, prog.a_size, prog.a_size, prog.z_size, prog.max_ld, prog.max_ld};
-    T** slots[] = {&x1c, &gx1c, &outc, &gc, &wg, &a, &s, &z, &wv, &gwv};
+    const int64_t sizes[] = {prog.x1_scratch, prog.x1_scratch, prog.out_scratch, prog.out_scratch, prog.rows_size,
+                             prog.a_size, prog.t_size, prog.z_size, prog.max_ld, prog.max_ld};
+    T** slots[] = {&x1c, &gx1c, &outc, &gc, &rows, &A, &t, &z, &wv, &gwv};
     int64_t total = 0;
     for (int64_t size : sizes) total += round_up(size, kLanes<T>);
     memory.allocate(total);
@@ -265,7 +269,39 @@ void fill_gaps(const std::vector<std::pair<int64_t, int64_t>>& ranges, T* row) {
 
 template <typename T>
 void load_x1(const Program<T>& prog, const T* x1, T* x1c) {
-  for (const Block& b : prog.x1_blocks) tp::to_channel_major(x1 + b.offset, b.mul, b.d, x1c + b.slot, b.ld);
+  for (const Block& b : prog.x1_blocks) to_channel_major(x1 + b.offset, b.mul, b.d, x1c + b.slot, b.ld);
+}
+
+// The channel-side products with the widest channel chunk that divides ld (one or two vectors).
+template <typename T>
+void gemm(int32_t rows, int32_t cols, const T* M, int64_t sr, int64_t sc, const T* X, T* Y, int64_t ld) {
+  if (ld % (2 * kLanes<T>) == 0) {
+    tp::gemm<T, 2 * kLanes<T>>(rows, cols, M, sr, sc, X, ld, Y, ld, ld);
+  } else {
+    tp::gemm<T, kLanes<T>>(rows, cols, M, sr, sc, X, ld, Y, ld, ld);
+  }
+}
+
+template <typename T>
+void weight_grad(const T* A, int32_t d1, int32_t d3, const T* X, const T* G, int64_t ld, T* gw) {
+  if (ld % (2 * kLanes<T>) == 0) {
+    tp::weight_grad<T, 2 * kLanes<T>>(A, d1, d3, X, G, ld, ld, gw);
+  } else {
+    tp::weight_grad<T, kLanes<T>>(A, d1, d3, X, G, ld, ld, gw);
+  }
+}
+
+// gx2v[j] += coefficient * sum_u sum_{C != 0} C x1[i][u] rows[k][u]
+template <typename T>
+void x2_gradient(const tp::Path<T>& p, const T* x1c, const T* rows, int64_t ld, T* t, T* gx2v) {
+  std::fill(t, t + p.d2 * ld, T(0));
+  tp::x2_partials<T, kLanes<T>>(p, x1c, rows, t, ld, ld);
+  for (int32_t j = 0; j < p.d2; ++j) {
+    const T* tj = t + j * ld;
+    T sum = T(0);
+    NFFK_SIMD_SUM(sum) for (int64_t u = 0; u < ld; ++u) sum += tj[u];
+    gx2v[j] += p.coefficient * sum;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -273,7 +309,6 @@ void load_x1(const Program<T>& prog, const T* x1, T* x1c) {
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 void forward_element(const Program<T>& prog, const T* x1, const T* x2, const T* w, T* out, TPScratch<T>& s) {
-  constexpr int CH = kLanes<T>;
   load_x1(prog, x1, s.x1c);
   fill_gaps(prog.out_gaps, out);
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
@@ -283,50 +318,52 @@ void forward_element(const Program<T>& prog, const T* x1, const T* x2, const T* 
       const tp::Path<T>& p = prog.paths[n];
       const Block& xb = prog.x1_blocks[prog.path_x1[n]];
       const T* xc = s.x1c + xb.slot;
-      if (p.mode == tp::kUVU) {
-        for (int64_t v = 0; v < p.mul2; ++v) {
-          tp::project_x2(p, x2 + p.offset2 + v * p.d2, s.a);
-          tp::cg_forward<T, CH>(p, s.a, xc, uvu_weights(p, w, v, xb.ld, s.wv), s.outc, xb.ld, xb.ld);
+      const int64_t ld = xb.ld;
+      for (int64_t v = 0; v < p.mul2; ++v) {
+        tp::project_x2(p, x2 + p.offset2 + v * p.d2, s.A);
+        if (p.mode == tp::kUVU) {
+          // out += A^T (w x1): the weights of this x2 channel folded into x1
+          const T* wv = uvu_weights(p, w, v, ld, s.wv);
+          if (wv != nullptr) tp::weight_rows(p.d1, wv, xc, s.rows, ld, ld);
+          gemm(p.d3, p.d1, s.A, 1, p.d3, wv != nullptr ? s.rows : xc, s.outc, ld);
+        } else {
+          T* z = s.z + v * p.d3 * ld;
+          std::fill(z, z + p.d3 * ld, T(0));
+          gemm(p.d3, p.d1, s.A, 1, p.d3, xc, z, ld);
         }
-      } else {
-        for (int64_t v = 0; v < p.mul2; ++v) {
-          tp::project_x2(p, x2 + p.offset2 + v * p.d2, s.a);
-          tp::cg_contract<T, CH>(p, s.a, xc, s.z + v * p.d3 * xb.ld, xb.ld, xb.ld);
-        }
-        tp::uvw_forward(p, s.z, xb.ld, w + p.weight_offset, s.outc, ob.ld);
       }
+      if (p.mode == tp::kUVW) tp::uvw_forward(p, s.z, ld, w + p.weight_offset, s.outc, ob.ld);
     }
-    tp::from_channel_major(s.outc, ob.ld, ob.mul, ob.d, out + ob.offset);
+    from_channel_major(s.outc, ob.ld, ob.mul, ob.d, out + ob.offset);
   }
 }
 
 template <typename T>
 void vjp_x1_element(const Program<T>& prog, const T* g, const T* x2, const T* w, T* gx1, TPScratch<T>& s) {
-  constexpr int CH = kLanes<T>;
   std::fill(s.gx1c, s.gx1c + prog.x1_scratch, T(0));
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];
-    tp::to_channel_major(g + ob.offset, ob.mul, ob.d, s.gc, ob.ld);
+    to_channel_major(g + ob.offset, ob.mul, ob.d, s.gc, ob.ld);
     for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
       const tp::Path<T>& p = prog.paths[n];
       const Block& xb = prog.x1_blocks[prog.path_x1[n]];
       T* gxc = s.gx1c + xb.slot;
-      if (p.mode == tp::kUVU) {
-        for (int64_t v = 0; v < p.mul2; ++v) {
-          tp::project_x2(p, x2 + p.offset2 + v * p.d2, s.a);
-          tp::weight_rows(p.d3, uvu_weights(p, w, v, xb.ld, s.wv), s.gc, s.wg, xb.ld, xb.ld);
-          tp::cg_adjoint<T, CH>(p, s.a, s.wg, gxc, xb.ld, xb.ld);
+      const int64_t ld = xb.ld;
+      if (p.mode == tp::kUVW) tp::uvw_contract_g(p, w + p.weight_offset, s.gc, ob.ld, s.z, ld);
+      for (int64_t v = 0; v < p.mul2; ++v) {
+        tp::project_x2(p, x2 + p.offset2 + v * p.d2, s.A);
+        const T* rows;
+        if (p.mode == tp::kUVU) {
+          tp::weight_rows(p.d3, uvu_weights(p, w, v, ld, s.wv), s.gc, s.rows, ld, ld);
+          rows = s.rows;
+        } else {
+          rows = s.z + v * p.d3 * ld;
         }
-      } else {
-        tp::uvw_contract_g(p, w + p.weight_offset, s.gc, ob.ld, s.z, xb.ld);
-        for (int64_t v = 0; v < p.mul2; ++v) {
-          tp::project_x2(p, x2 + p.offset2 + v * p.d2, s.a);
-          tp::cg_adjoint<T, CH>(p, s.a, s.z + v * p.d3 * xb.ld, gxc, xb.ld, xb.ld);
-        }
+        gemm(p.d1, p.d3, s.A, p.d3, 1, rows, gxc, ld);  // gx1 += A (w g)
       }
     }
   }
-  for (const Block& b : prog.x1_blocks) tp::from_channel_major(s.gx1c + b.slot, b.ld, b.mul, b.d, gx1 + b.offset);
+  for (const Block& b : prog.x1_blocks) from_channel_major(s.gx1c + b.slot, b.ld, b.mul, b.d, gx1 + b.offset);
   fill_gaps(prog.x1_gaps, gx1);
 }
 
@@ -337,25 +374,22 @@ void vjp_x2_element(const Program<T>& prog, const T* x1, const T* g, const T* w,
   load_x1(prog, x1, s.x1c);
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];
-    tp::to_channel_major(g + ob.offset, ob.mul, ob.d, s.gc, ob.ld);
+    to_channel_major(g + ob.offset, ob.mul, ob.d, s.gc, ob.ld);
     for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
       const tp::Path<T>& p = prog.paths[n];
       const Block& xb = prog.x1_blocks[prog.path_x1[n]];
       const T* xc = s.x1c + xb.slot;
-      if (p.mode == tp::kUVU) {
-        for (int64_t v = 0; v < p.mul2; ++v) {
-          tp::weight_rows(p.d3, uvu_weights(p, w, v, xb.ld, s.wv), s.gc, s.wg, xb.ld, xb.ld);
-          std::fill(s.s, s.s + p.num_pairs, T(0));
-          tp::cg_dots(p, xc, s.wg, s.s, xb.ld, xb.ld);
-          tp::unproject_x2(p, s.s, gx2 + p.offset2 + v * p.d2);
+      const int64_t ld = xb.ld;
+      if (p.mode == tp::kUVW) tp::uvw_contract_g(p, w + p.weight_offset, s.gc, ob.ld, s.z, ld);
+      for (int64_t v = 0; v < p.mul2; ++v) {
+        const T* rows;
+        if (p.mode == tp::kUVU) {
+          tp::weight_rows(p.d3, uvu_weights(p, w, v, ld, s.wv), s.gc, s.rows, ld, ld);
+          rows = s.rows;
+        } else {
+          rows = s.z + v * p.d3 * ld;
         }
-      } else {
-        tp::uvw_contract_g(p, w + p.weight_offset, s.gc, ob.ld, s.z, xb.ld);
-        for (int64_t v = 0; v < p.mul2; ++v) {
-          std::fill(s.s, s.s + p.num_pairs, T(0));
-          tp::cg_dots(p, xc, s.z + v * p.d3 * xb.ld, s.s, xb.ld, xb.ld);
-          tp::unproject_x2(p, s.s, gx2 + p.offset2 + v * p.d2);
-        }
+        x2_gradient(p, xc, rows, ld, s.t, gx2 + p.offset2 + v * p.d2);
       }
     }
   }
@@ -365,34 +399,33 @@ void vjp_x2_element(const Program<T>& prog, const T* x1, const T* g, const T* w,
 template <typename T>
 void vjp_w_element(const Program<T>& prog, const T* x1, const T* x2, const T* g, T* gw, bool accumulate,
                    TPScratch<T>& s) {
-  constexpr int CH = kLanes<T>;
   load_x1(prog, x1, s.x1c);
   if (!accumulate) fill_gaps(prog.weight_gaps, gw);
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];
-    tp::to_channel_major(g + ob.offset, ob.mul, ob.d, s.gc, ob.ld);
+    to_channel_major(g + ob.offset, ob.mul, ob.d, s.gc, ob.ld);
     for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
       const tp::Path<T>& p = prog.paths[n];
       const Block& xb = prog.x1_blocks[prog.path_x1[n]];
       const T* xc = s.x1c + xb.slot;
+      const int64_t ld = xb.ld;
       T* block = gw + p.weight_offset;
-      if (p.mode == tp::kUVU) {
-        for (int64_t v = 0; v < p.mul2; ++v) {
-          tp::project_x2(p, x2 + p.offset2 + v * p.d2, s.a);
-          tp::cg_weight_grad<T, CH>(p, s.a, xc, s.gc, s.gwv, xb.ld, xb.ld);
+      for (int64_t v = 0; v < p.mul2; ++v) {
+        tp::project_x2(p, x2 + p.offset2 + v * p.d2, s.A);
+        if (p.mode == tp::kUVU) {
+          weight_grad(s.A, p.d1, p.d3, xc, s.gc, ld, s.gwv);
           if (accumulate) {
             for (int64_t u = 0; u < p.mul1; ++u) block[u * p.mul2 + v] += s.gwv[u];
           } else {
             for (int64_t u = 0; u < p.mul1; ++u) block[u * p.mul2 + v] = s.gwv[u];
           }
+        } else {
+          T* z = s.z + v * p.d3 * ld;
+          std::fill(z, z + p.d3 * ld, T(0));
+          gemm(p.d3, p.d1, s.A, 1, p.d3, xc, z, ld);
         }
-      } else {
-        for (int64_t v = 0; v < p.mul2; ++v) {
-          tp::project_x2(p, x2 + p.offset2 + v * p.d2, s.a);
-          tp::cg_contract<T, CH>(p, s.a, xc, s.z + v * p.d3 * xb.ld, xb.ld, xb.ld);
-        }
-        tp::uvw_weight_grad(p, s.z, xb.ld, s.gc, ob.ld, block, accumulate);
       }
+      if (p.mode == tp::kUVW) tp::uvw_weight_grad(p, s.z, ld, s.gc, ob.ld, block, accumulate);
     }
   }
 }
@@ -427,6 +460,7 @@ void run_kernel(Kernel kernel, const char* op, const at::Tensor& x1, const at::T
   const T* pg = g.defined() ? g.data_ptr<T>() : nullptr;
   const T* pw = w.defined() ? w.data_ptr<T>() : nullptr;
   T* po = out.data_ptr<T>();
+  advise_huge_pages(po, static_cast<size_t>(out.numel()) * sizeof(T));
   const int64_t wstride = shared ? 0 : weight_numel;
   const int64_t row_bytes = int64_t(sizeof(T)) * (dim1 + dim2 + dim_out + wstride);
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(row_bytes, 1));

@@ -10,14 +10,16 @@
 // multiple of CH) at the pointers given; a driver may split the channels as it likes.
 //
 // CG pairs. A path's CG non-zeros are sorted by (m3, m1, m2). Consecutive entries with the same
-// (m1 = i, m3 = k) form a CGPair whose m2 run is contracted with x2 first, per element:
-//     a[q] = coefficient * sum_j C[i, j, k] x2[v, j]                     (project_x2)
-// and everything channel-wise is then a sparse (d1 x d3) matrix `a` applied to channel vectors:
-//     uvu forward   out[k][u] += w[u] * sum_{q: k_q = k} a[q] x1[i_q][u]
-//     vjp x1        gx1[i][u] += sum_{q: i_q = i} a[q] (w g)[k_q][u]
-//     vjp x2        s[q] = sum_u x1[i_q][u] (w g)[k_q][u],  gx2[v, j] += coefficient * sum_q C s[q]
-//     vjp w         gw[u] = sum_k g[k][u] sum_{q: k_q = k} a[q] x1[i_q][u]
-// uvw paths first form z[v][k][u] = sum_q a_v[q] x1[i_q][u] and mix channels with the weights.
+// (m1 = i, m3 = k) form a CGPair whose m2 run is contracted with one x2 channel v first, per element:
+//     A[i][k] = coefficient * sum_j C[i, j, k] x2[v, j]                  (project_x2, d1 x d3)
+// and everything channel-wise is then a small dense product with A, vectorised over channels u:
+//     uvu forward   out[k][u] += sum_i A[i][k] (w x1)[i][u]             (gemm, Y = A^T X)
+//     vjp x1        gx1[i][u] += sum_k A[i][k] (w g)[k][u]              (gemm, Y = A X)
+//     vjp x2        gx2[v, j] += coefficient * sum_u sum_{C != 0} C x1[i][u] (w g)[k][u]   (x2_partials)
+//     vjp w         gw[u] = sum_k g[k][u] sum_i A[i][k] x1[i][u]         (weight_grad)
+// uvw paths first form z[v][k][u] = sum_i A_v[i][k] x1[i][u] and mix channels with the weights.
+// A is built from the CG non-zeros (a dense CG is never formed); its few zeros cost less than the
+// bookkeeping of a sparse product would.
 #pragma once
 #include "nffk/common.h"
 
@@ -93,128 +95,114 @@ NFFK_HD void from_channel_major(const T* src, int64_t ld, int64_t mul, int64_t d
 // ---------------------------------------------------------------------------------------------
 // The x2 side: scalars per element
 // ---------------------------------------------------------------------------------------------
-// a[q] = coefficient * sum_j C x2v[j] (x2v: the 2 l2 + 1 components of one x2 channel).
+// A[i * d3 + k] = coefficient * sum_j C[i, j, k] x2v[j], the path's CG contracted with one x2
+// channel (x2v: its 2 l2 + 1 components), from the non-zeros: a dense d1 x d3 matrix.
 template <typename T>
-NFFK_HD void project_x2(const Path<T>& p, const T* x2v, T* a) {
+NFFK_HD void project_x2(const Path<T>& p, const T* x2v, T* A) {
+  for (int32_t n = 0; n < p.d1 * p.d3; ++n) A[n] = T(0);
   for (int32_t q = 0; q < p.num_pairs; ++q) {
     T sum = T(0);
     for (int32_t e = p.pairs[q].begin; e < p.pairs[q].end; ++e) sum += p.cg_value[e] * x2v[p.cg_j[e]];
-    a[q] = p.coefficient * sum;
-  }
-}
-
-// gx2v[j] += coefficient * sum_q C s[q]: the adjoint of project_x2.
-template <typename T>
-NFFK_HD void unproject_x2(const Path<T>& p, const T* s, T* gx2v) {
-  for (int32_t q = 0; q < p.num_pairs; ++q) {
-    const T sq = p.coefficient * s[q];
-    for (int32_t e = p.pairs[q].begin; e < p.pairs[q].end; ++e) gx2v[p.cg_j[e]] += p.cg_value[e] * sq;
+    A[p.pairs[q].i * p.d3 + p.pairs[q].k] = p.coefficient * sum;
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// The channel side: CH channels at a time, accumulators in registers
+// The channel side: small dense products of channel-major blocks, CH channels at a time with
+// RB rows of accumulators in registers.
 // ---------------------------------------------------------------------------------------------
-// out[k][u] += w[u] * sum_{q: k} a[q] x1[i_q][u]   (w == nullptr: unweighted path)
+// Y[r][u] += sum_c M[r * sr + c * sc] X[c][u] for rows r0 <= r < r0 + RB, channels u0 <= u < u0 + CH.
+template <typename T, int CH, int RB>
+NFFK_HD void gemm_block(int32_t r0, int32_t cols, const T* M, int64_t sr, int64_t sc, const T* X, int64_t ldx,
+                        T* Y, int64_t ldy, int64_t u0) {
+  T acc[RB][CH];
+  for (int b = 0; b < RB; ++b) {
+    NFFK_SIMD for (int c = 0; c < CH; ++c) acc[b][c] = T(0);
+  }
+  for (int32_t col = 0; col < cols; ++col) {
+    const T* x = X + col * ldx + u0;
+    for (int b = 0; b < RB; ++b) {
+      const T m = M[(r0 + b) * sr + col * sc];
+      NFFK_SIMD for (int c = 0; c < CH; ++c) acc[b][c] += m * x[c];
+    }
+  }
+  for (int b = 0; b < RB; ++b) {
+    T* y = Y + (r0 + b) * ldy + u0;
+    NFFK_SIMD for (int c = 0; c < CH; ++c) y[c] += acc[b][c];
+  }
+}
+
+// Y[r][u] += sum_c M[r * sr + c * sc] X[c][u] for r < rows, u < n (n a multiple of CH).
+// With M = A (sr = 1, sc = d3): Y = A^T X, the forward map of a path; with sr = d3, sc = 1: Y = A X.
 template <typename T, int CH>
-NFFK_HD void cg_forward(const Path<T>& p, const T* a, const T* x1, const T* w, T* out, int64_t ld, int64_t n) {
+NFFK_HD void gemm(int32_t rows, int32_t cols, const T* M, int64_t sr, int64_t sc, const T* X, int64_t ldx, T* Y,
+                  int64_t ldy, int64_t n) {
   for (int64_t u0 = 0; u0 < n; u0 += CH) {
-    int32_t q = 0;
-    while (q < p.num_pairs) {
-      const int32_t k = p.pairs[q].k;
-      T acc[CH];
-      NFFK_SIMD for (int c = 0; c < CH; ++c) acc[c] = T(0);
-      for (; q < p.num_pairs && p.pairs[q].k == k; ++q) {
-        const T aq = a[q];
-        const T* row = x1 + p.pairs[q].i * ld + u0;
-        NFFK_SIMD for (int c = 0; c < CH; ++c) acc[c] += aq * row[c];
-      }
-      T* o = out + k * ld + u0;
-      if (w != nullptr) {
-        NFFK_SIMD for (int c = 0; c < CH; ++c) o[c] += w[u0 + c] * acc[c];
-      } else {
-        NFFK_SIMD for (int c = 0; c < CH; ++c) o[c] += acc[c];
-      }
+    int32_t r = 0;
+    for (; r + 4 <= rows; r += 4) gemm_block<T, CH, 4>(r, cols, M, sr, sc, X, ldx, Y, ldy, u0);
+    switch (rows - r) {
+      case 3: gemm_block<T, CH, 3>(r, cols, M, sr, sc, X, ldx, Y, ldy, u0); break;
+      case 2: gemm_block<T, CH, 2>(r, cols, M, sr, sc, X, ldx, Y, ldy, u0); break;
+      case 1: gemm_block<T, CH, 1>(r, cols, M, sr, sc, X, ldx, Y, ldy, u0); break;
+      default: break;
     }
   }
 }
 
-// y[k][u] = sum_{q: k} a[q] x1[i_q][u] for every k < d3 (rows without pairs are zero).
-template <typename T, int CH>
-NFFK_HD void cg_contract(const Path<T>& p, const T* a, const T* x1, T* y, int64_t ld, int64_t n) {
-  for (int32_t k = 0; k < p.d3; ++k) {
-    NFFK_SIMD for (int64_t u = 0; u < n; ++u) y[k * ld + u] = T(0);
+// gw[u] = sum_k G[k][u] sum_i A[i][k] X[i][u]: the weight gradient of a uvu path (per x2 channel).
+template <typename T, int CH, int RB>
+NFFK_HD void weight_grad_block(int32_t k0, const T* A, int32_t d1, int32_t d3, const T* X, const T* G, int64_t ld,
+                               int64_t u0, T* result) {
+  T acc[RB][CH];
+  for (int b = 0; b < RB; ++b) {
+    NFFK_SIMD for (int c = 0; c < CH; ++c) acc[b][c] = T(0);
   }
-  for (int64_t u0 = 0; u0 < n; u0 += CH) {
-    int32_t q = 0;
-    while (q < p.num_pairs) {
-      const int32_t k = p.pairs[q].k;
-      T acc[CH];
-      NFFK_SIMD for (int c = 0; c < CH; ++c) acc[c] = T(0);
-      for (; q < p.num_pairs && p.pairs[q].k == k; ++q) {
-        const T aq = a[q];
-        const T* row = x1 + p.pairs[q].i * ld + u0;
-        NFFK_SIMD for (int c = 0; c < CH; ++c) acc[c] += aq * row[c];
-      }
-      T* o = y + k * ld + u0;
-      NFFK_SIMD for (int c = 0; c < CH; ++c) o[c] = acc[c];
+  for (int32_t i = 0; i < d1; ++i) {
+    const T* x = X + i * ld + u0;
+    for (int b = 0; b < RB; ++b) {
+      const T a = A[i * d3 + k0 + b];
+      NFFK_SIMD for (int c = 0; c < CH; ++c) acc[b][c] += a * x[c];
     }
   }
-}
-
-// gx1[i][u] += sum_{q: i} a[q] rows[k_q][u]   (rows: the weighted output gradient, [d3][ld])
-template <typename T, int CH>
-NFFK_HD void cg_adjoint(const Path<T>& p, const T* a, const T* rows, T* gx1, int64_t ld, int64_t n) {
-  for (int64_t u0 = 0; u0 < n; u0 += CH) {
-    int32_t q = 0;
-    while (q < p.num_pairs) {
-      const int32_t i = p.pairs[p.by_i[q]].i;
-      T acc[CH];
-      NFFK_SIMD for (int c = 0; c < CH; ++c) acc[c] = T(0);
-      for (; q < p.num_pairs && p.pairs[p.by_i[q]].i == i; ++q) {
-        const int32_t pq = p.by_i[q];
-        const T aq = a[pq];
-        const T* row = rows + p.pairs[pq].k * ld + u0;
-        NFFK_SIMD for (int c = 0; c < CH; ++c) acc[c] += aq * row[c];
-      }
-      T* o = gx1 + i * ld + u0;
-      NFFK_SIMD for (int c = 0; c < CH; ++c) o[c] += acc[c];
-    }
+  for (int b = 0; b < RB; ++b) {
+    const T* g = G + (k0 + b) * ld + u0;
+    NFFK_SIMD for (int c = 0; c < CH; ++c) result[c] += g[c] * acc[b][c];
   }
 }
 
-// s[q] += sum_u x1[i_q][u] rows[k_q][u]
-template <typename T>
-NFFK_HD void cg_dots(const Path<T>& p, const T* x1, const T* rows, T* s, int64_t ld, int64_t n) {
-  for (int32_t q = 0; q < p.num_pairs; ++q) {
-    const T* xr = x1 + p.pairs[q].i * ld;
-    const T* rr = rows + p.pairs[q].k * ld;
-    T sum = T(0);
-    NFFK_SIMD_SUM(sum) for (int64_t u = 0; u < n; ++u) sum += xr[u] * rr[u];
-    s[q] += sum;
-  }
-}
-
-// gw[u] = sum_k g[k][u] sum_{q: k} a[q] x1[i_q][u]
 template <typename T, int CH>
-NFFK_HD void cg_weight_grad(const Path<T>& p, const T* a, const T* x1, const T* g, T* gw, int64_t ld, int64_t n) {
+NFFK_HD void weight_grad(const T* A, int32_t d1, int32_t d3, const T* X, const T* G, int64_t ld, int64_t n, T* gw) {
   for (int64_t u0 = 0; u0 < n; u0 += CH) {
     T result[CH];
     NFFK_SIMD for (int c = 0; c < CH; ++c) result[c] = T(0);
-    int32_t q = 0;
-    while (q < p.num_pairs) {
-      const int32_t k = p.pairs[q].k;
-      T acc[CH];
-      NFFK_SIMD for (int c = 0; c < CH; ++c) acc[c] = T(0);
-      for (; q < p.num_pairs && p.pairs[q].k == k; ++q) {
-        const T aq = a[q];
-        const T* row = x1 + p.pairs[q].i * ld + u0;
-        NFFK_SIMD for (int c = 0; c < CH; ++c) acc[c] += aq * row[c];
-      }
-      const T* gr = g + k * ld + u0;
-      NFFK_SIMD for (int c = 0; c < CH; ++c) result[c] += gr[c] * acc[c];
+    int32_t k = 0;
+    for (; k + 4 <= d3; k += 4) weight_grad_block<T, CH, 4>(k, A, d1, d3, X, G, ld, u0, result);
+    switch (d3 - k) {
+      case 3: weight_grad_block<T, CH, 3>(k, A, d1, d3, X, G, ld, u0, result); break;
+      case 2: weight_grad_block<T, CH, 2>(k, A, d1, d3, X, G, ld, u0, result); break;
+      case 1: weight_grad_block<T, CH, 1>(k, A, d1, d3, X, G, ld, u0, result); break;
+      default: break;
     }
     NFFK_SIMD for (int c = 0; c < CH; ++c) gw[u0 + c] = result[c];
+  }
+}
+
+// t[j][u] += sum over non-zeros (i, j, k) of C x1[i][u] rows[k][u]: per-channel partial sums of the
+// x2 gradient (summed over u and scaled by the coefficient by the caller).
+template <typename T, int CH>
+NFFK_HD void x2_partials(const Path<T>& p, const T* x1, const T* rows, T* t, int64_t ld, int64_t n) {
+  for (int64_t u0 = 0; u0 < n; u0 += CH) {
+    for (int32_t q = 0; q < p.num_pairs; ++q) {
+      const T* xr = x1 + p.pairs[q].i * ld + u0;
+      const T* rr = rows + p.pairs[q].k * ld + u0;
+      T prod[CH];
+      NFFK_SIMD for (int c = 0; c < CH; ++c) prod[c] = xr[c] * rr[c];
+      for (int32_t e = p.pairs[q].begin; e < p.pairs[q].end; ++e) {
+        const T cg = p.cg_value[e];
+        T* tj = t + p.cg_j[e] * ld + u0;
+        NFFK_SIMD for (int c = 0; c < CH; ++c) tj[c] += cg * prod[c];
+      }
+    }
   }
 }
 
