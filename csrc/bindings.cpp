@@ -18,6 +18,12 @@ TORCH_LIBRARY(nffk_C, m) {
   m.def("tp_vjp_x2(Tensor x1, Tensor g, Tensor w, " NFFK_TP_TABLES ", bool weighted_only, Tensor(a!) out) -> ()");
   m.def("tp_vjp_w(Tensor x1, Tensor x2, Tensor g, " NFFK_TP_TABLES ", Tensor(a!) out) -> ()");
 #undef NFFK_TP_TABLES
+  // Spherical harmonics: recurrence tables (a, b) and gradient table (src, coef) travel with the inputs.
+#define NFFK_SH_ARGS "int[] ls, bool normalize, int normalization, Tensor a, Tensor b, Tensor src, Tensor coef"
+  m.def("sh_forward(Tensor x, " NFFK_SH_ARGS ", Tensor(a!) out) -> ()");
+  m.def("sh_vjp(Tensor x, Tensor grad, " NFFK_SH_ARGS ", Tensor(a!) out) -> ()");
+  m.def("sh_vjp_vjp(Tensor x, Tensor grad, Tensor h, " NFFK_SH_ARGS ", Tensor(a!) grad_x, Tensor(b!) grad_grad) -> ()");
+#undef NFFK_SH_ARGS
 }
 
 TORCH_LIBRARY_IMPL(nffk_C, CPU, m) {
@@ -27,6 +33,9 @@ TORCH_LIBRARY_IMPL(nffk_C, CPU, m) {
   m.impl("tp_vjp_x1", &nffk::cpu::tp_vjp_x1);
   m.impl("tp_vjp_x2", &nffk::cpu::tp_vjp_x2);
   m.impl("tp_vjp_w", &nffk::cpu::tp_vjp_w);
+  m.impl("sh_forward", &nffk::cpu::sh_forward);
+  m.impl("sh_vjp", &nffk::cpu::sh_vjp);
+  m.impl("sh_vjp_vjp", &nffk::cpu::sh_vjp_vjp);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

@@ -43,7 +43,7 @@ struct Program {
   std::vector<int32_t> by_i, cg_j;
   std::vector<T> cg_value;
   std::vector<std::pair<int64_t, int64_t>> out_gaps, x1_gaps, weight_gaps;  // ranges no path writes
-  int64_t x1_scratch = 0, out_scratch = 0, rows_size = 0, a_size = 0, t_size = 0, z_size = 0, max_ld = 0;
+  int64_t x1_scratch = 0, out_scratch = 0, rows_size = 0, tile_a_size = 0, z_size = 0, max_ld = 0;
 };
 
 std::vector<std::pair<int64_t, int64_t>> gaps(std::vector<std::pair<int64_t, int64_t>> covered, int64_t size) {
@@ -128,10 +128,11 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
     const int64_t* r = raw.row;
     std::vector<int64_t> order(r[kCgEnd] - r[kCgBegin]);
     std::iota(order.begin(), order.end(), r[kCgBegin]);
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    auto by_m3_m1_m2 = [&](int64_t a, int64_t b) {
       const int64_t *ma = index + 3 * a, *mb = index + 3 * b;
       return std::make_tuple(ma[2], ma[0], ma[1]) < std::make_tuple(mb[2], mb[0], mb[1]);
-    });
+    };
+    if (!std::is_sorted(order.begin(), order.end(), by_m3_m1_m2)) std::sort(order.begin(), order.end(), by_m3_m1_m2);
     pair_begin.push_back(static_cast<int64_t>(prog.pairs.size()));
     const int64_t first = static_cast<int64_t>(prog.pairs.size());
     for (int64_t e : order) {
@@ -222,30 +223,41 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
     path.cg_value = prog.cg_value.data();
     prog.paths.push_back(path);
     const int64_t ld1 = round_up(path.mul1, lanes);
-    prog.a_size = std::max<int64_t>(prog.a_size, int64_t(path.d1) * path.d3);
-    prog.t_size = std::max<int64_t>(prog.t_size, path.d2 * ld1);
     prog.rows_size = std::max<int64_t>(prog.rows_size, std::max(path.d1, path.d3) * ld1);
     if (path.mode == tp::kUVW) {
       prog.z_size = std::max<int64_t>(prog.z_size, int64_t(path.mul2) * path.d3 * round_up(path.mul1, lanes));
     }
   }
+  // Projections of one output block's paths for a tile: the largest group decides.
+  for (size_t b = 0; b + 1 < prog.group_begin.size(); ++b) {
+    int64_t size = 0;
+    for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n)
+      size += int64_t(prog.paths[n].mul2) * prog.paths[n].d1 * prog.paths[n].d3;
+    prog.tile_a_size = std::max(prog.tile_a_size, size);
+  }
   return prog;
 }
 
-// Per-task scratch, carved from one aligned allocation.
+enum class Kernel { kForward, kVjpX1, kVjpX2, kVjpW };
+
+// Per-task scratch, carved from one aligned allocation. A task works on tiles of kLanes<T>
+// elements: the x2 side (CG projections) is vectorised over the tile, the rest over channels.
 template <typename T>
 struct TPScratch {
+  static constexpr int TE = kLanes<T>;
   AlignedBuffer<T> memory;
-  T *x1c, *gx1c, *outc, *gc, *rows, *A, *t, *z, *wv, *gwv;
-  explicit TPScratch(const Program<T>& prog) {
-    const int64_t sizes[] = {prog.x1_scratch, prog.x1_scratch, prog.out_scratch, prog.out_scratch, prog.rows_size,
-                             prog.a_size, prog.t_size, prog.z_size, prog.max_ld, prog.max_ld};
-    T** slots[] = {&x1c, &gx1c, &outc, &gc, &rows, &A, &t, &z, &wv, &gwv};
+  T *x1c, *gx1c, *x2t, *gx2t, *A, *outc, *gc, *rows, *z, *wv, *gwv;
+  TPScratch(const Program<T>& prog, Kernel kernel, int64_t dim2) {
+    const bool x1_grad = kernel == Kernel::kVjpX1;
+    const int64_t sizes[] = {x1_grad ? 0 : TE * prog.x1_scratch, x1_grad ? TE * prog.x1_scratch : 0, TE * dim2,
+                             TE * dim2, TE * prog.tile_a_size, prog.out_scratch, prog.out_scratch, prog.rows_size,
+                             prog.z_size, prog.max_ld, prog.max_ld};
+    T** slots[] = {&x1c, &gx1c, &x2t, &gx2t, &A, &outc, &gc, &rows, &z, &wv, &gwv};
     int64_t total = 0;
     for (int64_t size : sizes) total += round_up(size, kLanes<T>);
     memory.allocate(total);
     int64_t at = 0;
-    for (int n = 0; n < 10; ++n) {
+    for (size_t n = 0; n < sizeof(sizes) / sizeof(sizes[0]); ++n) {
       *slots[n] = memory.data() + at;
       at += round_up(sizes[n], kLanes<T>);
     }
@@ -257,19 +269,18 @@ template <typename T>
 const T* uvu_weights(const tp::Path<T>& p, const T* w, int64_t v, int64_t ld, T* buffer) {
   if (!p.has_weight) return nullptr;
   const T* block = w + p.weight_offset;
-  for (int64_t u = 0; u < p.mul1; ++u) buffer[u] = block[u * p.mul2 + v];
-  for (int64_t u = p.mul1; u < ld; ++u) buffer[u] = T(0);
+  if (p.mul2 == 1) {
+    std::copy(block, block + p.mul1, buffer);
+  } else {
+    for (int64_t u = 0; u < p.mul1; ++u) buffer[u] = block[u * p.mul2 + v];
+  }
+  std::fill(buffer + p.mul1, buffer + ld, T(0));
   return buffer;
 }
 
 template <typename T>
 void fill_gaps(const std::vector<std::pair<int64_t, int64_t>>& ranges, T* row) {
   for (const auto& [begin, end] : ranges) std::fill(row + begin, row + end, T(0));
-}
-
-template <typename T>
-void load_x1(const Program<T>& prog, const T* x1, T* x1c) {
-  for (const Block& b : prog.x1_blocks) to_channel_major(x1 + b.offset, b.mul, b.d, x1c + b.slot, b.ld);
 }
 
 // The channel-side products with the widest channel chunk that divides ld (one or two vectors).
@@ -283,149 +294,214 @@ void gemm(int32_t rows, int32_t cols, const T* M, int64_t sr, int64_t sc, const 
 }
 
 template <typename T>
-void weight_grad(const T* A, int32_t d1, int32_t d3, const T* X, const T* G, int64_t ld, T* gw) {
+void weight_grad(const T* A, int64_t si, int64_t sk, int32_t d1, int32_t d3, const T* X, const T* G, int64_t ld,
+                 T* gw) {
   if (ld % (2 * kLanes<T>) == 0) {
-    tp::weight_grad<T, 2 * kLanes<T>>(A, d1, d3, X, G, ld, ld, gw);
+    tp::weight_grad<T, 2 * kLanes<T>>(A, si, sk, d1, d3, X, G, ld, ld, gw);
   } else {
-    tp::weight_grad<T, kLanes<T>>(A, d1, d3, X, G, ld, ld, gw);
+    tp::weight_grad<T, kLanes<T>>(A, si, sk, d1, d3, X, G, ld, ld, gw);
   }
 }
 
-// gx2v[j] += coefficient * sum_u sum_{C != 0} C x1[i][u] rows[k][u]
+// One tile: elements e0 .. e0 + count - 1 (count <= TE) and everything about them.
 template <typename T>
-void x2_gradient(const tp::Path<T>& p, const T* x1c, const T* rows, int64_t ld, T* t, T* gx2v) {
-  std::fill(t, t + p.d2 * ld, T(0));
-  tp::x2_partials<T, kLanes<T>>(p, x1c, rows, t, ld, ld);
-  for (int32_t j = 0; j < p.d2; ++j) {
-    const T* tj = t + j * ld;
-    T sum = T(0);
-    NFFK_SIMD_SUM(sum) for (int64_t u = 0; u < ld; ++u) sum += tj[u];
-    gx2v[j] += p.coefficient * sum;
+struct TileIO {
+  int64_t e0, count;
+  const T *x1, *x2, *g, *w;  // rows of element e0 (nullptr where the kernel has no such input)
+  T* out;                     // row of element e0 of the output
+  int64_t dim1, dim2, dim_out, wstride, out_stride;
+};
+
+// x2t[j][e] = x2[e][j] for the tile (zero for lanes past its end).
+template <typename T>
+void load_x2(const TileIO<T>& io, T* x2t) {
+  constexpr int TE = kLanes<T>;
+  for (int64_t j = 0; j < io.dim2; ++j) {
+    T* row = x2t + j * TE;
+    for (int64_t e = 0; e < io.count; ++e) row[e] = io.x2[e * io.dim2 + j];
+    for (int64_t e = io.count; e < TE; ++e) row[e] = T(0);
+  }
+}
+
+template <typename T>
+void load_x1(const Program<T>& prog, const TileIO<T>& io, T* x1c) {
+  for (int64_t e = 0; e < io.count; ++e)
+    for (const Block& b : prog.x1_blocks)
+      to_channel_major(io.x1 + e * io.dim1 + b.offset, b.mul, b.d, x1c + e * prog.x1_scratch + b.slot, b.ld);
+}
+
+// CG projections of every path (and x2 channel) of output block b, for the whole tile.
+template <typename T>
+void project_group(const Program<T>& prog, size_t b, const T* x2t, T* A) {
+  constexpr int TE = kLanes<T>;
+  for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
+    const tp::Path<T>& p = prog.paths[n];
+    for (int64_t v = 0; v < p.mul2; ++v) {
+      tp::project_x2<T, TE>(p, x2t + (p.offset2 + v * p.d2) * TE, A);
+      A += int64_t(p.d1) * p.d3 * TE;
+    }
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// One element of each kernel
+// One tile of each kernel
 // ---------------------------------------------------------------------------------------------
 template <typename T>
-void forward_element(const Program<T>& prog, const T* x1, const T* x2, const T* w, T* out, TPScratch<T>& s) {
-  load_x1(prog, x1, s.x1c);
-  fill_gaps(prog.out_gaps, out);
+void forward_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
+  constexpr int TE = kLanes<T>;
+  load_x1(prog, io, s.x1c);
+  load_x2(io, s.x2t);
+  for (int64_t e = 0; e < io.count; ++e) fill_gaps(prog.out_gaps, io.out + e * io.out_stride);
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];
-    std::fill(s.outc, s.outc + ob.d * ob.ld, T(0));
-    for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
-      const tp::Path<T>& p = prog.paths[n];
-      const Block& xb = prog.x1_blocks[prog.path_x1[n]];
-      const T* xc = s.x1c + xb.slot;
-      const int64_t ld = xb.ld;
-      for (int64_t v = 0; v < p.mul2; ++v) {
-        tp::project_x2(p, x2 + p.offset2 + v * p.d2, s.A);
-        if (p.mode == tp::kUVU) {
-          // out += A^T (w x1): the weights of this x2 channel folded into x1
-          const T* wv = uvu_weights(p, w, v, ld, s.wv);
-          if (wv != nullptr) tp::weight_rows(p.d1, wv, xc, s.rows, ld, ld);
-          gemm(p.d3, p.d1, s.A, 1, p.d3, wv != nullptr ? s.rows : xc, s.outc, ld);
-        } else {
-          T* z = s.z + v * p.d3 * ld;
-          std::fill(z, z + p.d3 * ld, T(0));
-          gemm(p.d3, p.d1, s.A, 1, p.d3, xc, z, ld);
-        }
-      }
-      if (p.mode == tp::kUVW) tp::uvw_forward(p, s.z, ld, w + p.weight_offset, s.outc, ob.ld);
-    }
-    from_channel_major(s.outc, ob.ld, ob.mul, ob.d, out + ob.offset);
-  }
-}
-
-template <typename T>
-void vjp_x1_element(const Program<T>& prog, const T* g, const T* x2, const T* w, T* gx1, TPScratch<T>& s) {
-  std::fill(s.gx1c, s.gx1c + prog.x1_scratch, T(0));
-  for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
-    const Block& ob = prog.out_blocks[b];
-    to_channel_major(g + ob.offset, ob.mul, ob.d, s.gc, ob.ld);
-    for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
-      const tp::Path<T>& p = prog.paths[n];
-      const Block& xb = prog.x1_blocks[prog.path_x1[n]];
-      T* gxc = s.gx1c + xb.slot;
-      const int64_t ld = xb.ld;
-      if (p.mode == tp::kUVW) tp::uvw_contract_g(p, w + p.weight_offset, s.gc, ob.ld, s.z, ld);
-      for (int64_t v = 0; v < p.mul2; ++v) {
-        tp::project_x2(p, x2 + p.offset2 + v * p.d2, s.A);
-        const T* rows;
-        if (p.mode == tp::kUVU) {
-          tp::weight_rows(p.d3, uvu_weights(p, w, v, ld, s.wv), s.gc, s.rows, ld, ld);
-          rows = s.rows;
-        } else {
-          rows = s.z + v * p.d3 * ld;
-        }
-        gemm(p.d1, p.d3, s.A, p.d3, 1, rows, gxc, ld);  // gx1 += A (w g)
-      }
-    }
-  }
-  for (const Block& b : prog.x1_blocks) from_channel_major(s.gx1c + b.slot, b.ld, b.mul, b.d, gx1 + b.offset);
-  fill_gaps(prog.x1_gaps, gx1);
-}
-
-template <typename T>
-void vjp_x2_element(const Program<T>& prog, const T* x1, const T* g, const T* w, T* gx2, int64_t dim2,
-                    TPScratch<T>& s) {
-  std::fill(gx2, gx2 + dim2, T(0));
-  load_x1(prog, x1, s.x1c);
-  for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
-    const Block& ob = prog.out_blocks[b];
-    to_channel_major(g + ob.offset, ob.mul, ob.d, s.gc, ob.ld);
-    for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
-      const tp::Path<T>& p = prog.paths[n];
-      const Block& xb = prog.x1_blocks[prog.path_x1[n]];
-      const T* xc = s.x1c + xb.slot;
-      const int64_t ld = xb.ld;
-      if (p.mode == tp::kUVW) tp::uvw_contract_g(p, w + p.weight_offset, s.gc, ob.ld, s.z, ld);
-      for (int64_t v = 0; v < p.mul2; ++v) {
-        const T* rows;
-        if (p.mode == tp::kUVU) {
-          tp::weight_rows(p.d3, uvu_weights(p, w, v, ld, s.wv), s.gc, s.rows, ld, ld);
-          rows = s.rows;
-        } else {
-          rows = s.z + v * p.d3 * ld;
-        }
-        x2_gradient(p, xc, rows, ld, s.t, gx2 + p.offset2 + v * p.d2);
-      }
-    }
-  }
-}
-
-// gw (+)= dF/dw^T g for one element; accumulate: add into gw (shared weights) instead of writing it.
-template <typename T>
-void vjp_w_element(const Program<T>& prog, const T* x1, const T* x2, const T* g, T* gw, bool accumulate,
-                   TPScratch<T>& s) {
-  load_x1(prog, x1, s.x1c);
-  if (!accumulate) fill_gaps(prog.weight_gaps, gw);
-  for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
-    const Block& ob = prog.out_blocks[b];
-    to_channel_major(g + ob.offset, ob.mul, ob.d, s.gc, ob.ld);
-    for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
-      const tp::Path<T>& p = prog.paths[n];
-      const Block& xb = prog.x1_blocks[prog.path_x1[n]];
-      const T* xc = s.x1c + xb.slot;
-      const int64_t ld = xb.ld;
-      T* block = gw + p.weight_offset;
-      for (int64_t v = 0; v < p.mul2; ++v) {
-        tp::project_x2(p, x2 + p.offset2 + v * p.d2, s.A);
-        if (p.mode == tp::kUVU) {
-          weight_grad(s.A, p.d1, p.d3, xc, s.gc, ld, s.gwv);
-          if (accumulate) {
-            for (int64_t u = 0; u < p.mul1; ++u) block[u * p.mul2 + v] += s.gwv[u];
+    project_group(prog, b, s.x2t, s.A);
+    for (int64_t e = 0; e < io.count; ++e) {
+      const T* w = io.w ? io.w + e * io.wstride : nullptr;
+      std::fill(s.outc, s.outc + ob.d * ob.ld, T(0));
+      const T* A = s.A + e;  // element e's matrices: stride TE
+      for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
+        const tp::Path<T>& p = prog.paths[n];
+        const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+        const T* xc = s.x1c + e * prog.x1_scratch + xb.slot;
+        const int64_t ld = xb.ld;
+        for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE) {
+          if (p.mode == tp::kUVU) {
+            // out += A^T (w x1): the weights of this x2 channel folded into x1
+            const T* wv = uvu_weights(p, w, v, ld, s.wv);
+            if (wv != nullptr) tp::weight_rows(p.d1, wv, xc, s.rows, ld, ld);
+            gemm(p.d3, p.d1, A, TE, int64_t(p.d3) * TE, wv != nullptr ? s.rows : xc, s.outc, ld);
           } else {
-            for (int64_t u = 0; u < p.mul1; ++u) block[u * p.mul2 + v] = s.gwv[u];
+            T* z = s.z + v * p.d3 * ld;
+            std::fill(z, z + p.d3 * ld, T(0));
+            gemm(p.d3, p.d1, A, TE, int64_t(p.d3) * TE, xc, z, ld);
           }
-        } else {
-          T* z = s.z + v * p.d3 * ld;
-          std::fill(z, z + p.d3 * ld, T(0));
-          gemm(p.d3, p.d1, s.A, 1, p.d3, xc, z, ld);
+        }
+        if (p.mode == tp::kUVW) tp::uvw_forward(p, s.z, ld, w + p.weight_offset, s.outc, ob.ld);
+      }
+      from_channel_major(s.outc, ob.ld, ob.mul, ob.d, io.out + e * io.out_stride + ob.offset);
+    }
+  }
+}
+
+template <typename T>
+void vjp_x1_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
+  constexpr int TE = kLanes<T>;
+  std::fill(s.gx1c, s.gx1c + io.count * prog.x1_scratch, T(0));
+  load_x2(io, s.x2t);
+  for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
+    const Block& ob = prog.out_blocks[b];
+    project_group(prog, b, s.x2t, s.A);
+    for (int64_t e = 0; e < io.count; ++e) {
+      const T* w = io.w ? io.w + e * io.wstride : nullptr;
+      to_channel_major(io.g + e * io.dim_out + ob.offset, ob.mul, ob.d, s.gc, ob.ld);
+      const T* A = s.A + e;
+      for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
+        const tp::Path<T>& p = prog.paths[n];
+        const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+        T* gxc = s.gx1c + e * prog.x1_scratch + xb.slot;
+        const int64_t ld = xb.ld;
+        if (p.mode == tp::kUVW) tp::uvw_contract_g(p, w + p.weight_offset, s.gc, ob.ld, s.z, ld);
+        for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE) {
+          const T* rows;
+          if (p.mode == tp::kUVU) {
+            tp::weight_rows(p.d3, uvu_weights(p, w, v, ld, s.wv), s.gc, s.rows, ld, ld);
+            rows = s.rows;
+          } else {
+            rows = s.z + v * p.d3 * ld;
+          }
+          gemm(p.d1, p.d3, A, int64_t(p.d3) * TE, TE, rows, gxc, ld);  // gx1 += A (w g)
         }
       }
-      if (p.mode == tp::kUVW) tp::uvw_weight_grad(p, s.z, ld, s.gc, ob.ld, block, accumulate);
+    }
+  }
+  for (int64_t e = 0; e < io.count; ++e) {
+    T* row = io.out + e * io.out_stride;
+    for (const Block& b : prog.x1_blocks)
+      from_channel_major(s.gx1c + e * prog.x1_scratch + b.slot, b.ld, b.mul, b.d, row + b.offset);
+    fill_gaps(prog.x1_gaps, row);
+  }
+}
+
+template <typename T>
+void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
+  constexpr int TE = kLanes<T>;
+  load_x1(prog, io, s.x1c);
+  std::fill(s.gx2t, s.gx2t + io.dim2 * TE, T(0));
+  for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
+    const Block& ob = prog.out_blocks[b];
+    if (io.count < TE) std::fill(s.A, s.A + prog.tile_a_size * TE, T(0));  // lanes past the tile's end
+    for (int64_t e = 0; e < io.count; ++e) {
+      const T* w = io.w ? io.w + e * io.wstride : nullptr;
+      to_channel_major(io.g + e * io.dim_out + ob.offset, ob.mul, ob.d, s.gc, ob.ld);
+      T* S = s.A + e;  // element e's pair sums: stride TE
+      for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
+        const tp::Path<T>& p = prog.paths[n];
+        const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+        const T* xc = s.x1c + e * prog.x1_scratch + xb.slot;
+        const int64_t ld = xb.ld;
+        if (p.mode == tp::kUVW) tp::uvw_contract_g(p, w + p.weight_offset, s.gc, ob.ld, s.z, ld);
+        for (int64_t v = 0; v < p.mul2; ++v, S += int64_t(p.d1) * p.d3 * TE) {
+          const T* rows;
+          if (p.mode == tp::kUVU) {
+            tp::weight_rows(p.d3, uvu_weights(p, w, v, ld, s.wv), s.gc, s.rows, ld, ld);
+            rows = s.rows;
+          } else {
+            rows = s.z + v * p.d3 * ld;
+          }
+          tp::pair_dots(p, xc, rows, ld, ld, S, TE);
+        }
+      }
+    }
+    // gx2 += the CG adjoint of the pair sums, vectorised over the tile (lanes past its end are
+    // never read back).
+    const T* S = s.A;
+    for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
+      const tp::Path<T>& p = prog.paths[n];
+      for (int64_t v = 0; v < p.mul2; ++v, S += int64_t(p.d1) * p.d3 * TE)
+        tp::unproject_x2<T, TE>(p, S, s.gx2t + (p.offset2 + v * p.d2) * TE);
+    }
+  }
+  for (int64_t e = 0; e < io.count; ++e)
+    for (int64_t j = 0; j < io.dim2; ++j) io.out[e * io.out_stride + j] = s.gx2t[j * TE + e];
+}
+
+// gw (+)= dF/dw^T g; accumulate: add every element's gradient into io.out (shared weights).
+template <typename T>
+void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, bool accumulate, TPScratch<T>& s) {
+  constexpr int TE = kLanes<T>;
+  load_x1(prog, io, s.x1c);
+  load_x2(io, s.x2t);
+  if (!accumulate)
+    for (int64_t e = 0; e < io.count; ++e) fill_gaps(prog.weight_gaps, io.out + e * io.out_stride);
+  for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
+    const Block& ob = prog.out_blocks[b];
+    project_group(prog, b, s.x2t, s.A);
+    for (int64_t e = 0; e < io.count; ++e) {
+      T* gw = io.out + (accumulate ? 0 : e * io.out_stride);
+      to_channel_major(io.g + e * io.dim_out + ob.offset, ob.mul, ob.d, s.gc, ob.ld);
+      const T* A = s.A + e;
+      for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
+        const tp::Path<T>& p = prog.paths[n];
+        const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+        const T* xc = s.x1c + e * prog.x1_scratch + xb.slot;
+        const int64_t ld = xb.ld;
+        T* block = gw + p.weight_offset;
+        for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE) {
+          if (p.mode == tp::kUVU) {
+            weight_grad(A, int64_t(p.d3) * TE, TE, p.d1, p.d3, xc, s.gc, ld, s.gwv);
+            if (accumulate) {
+              for (int64_t u = 0; u < p.mul1; ++u) block[u * p.mul2 + v] += s.gwv[u];
+            } else {
+              for (int64_t u = 0; u < p.mul1; ++u) block[u * p.mul2 + v] = s.gwv[u];
+            }
+          } else {
+            T* z = s.z + v * p.d3 * ld;
+            std::fill(z, z + p.d3 * ld, T(0));
+            gemm(p.d3, p.d1, A, TE, int64_t(p.d3) * TE, xc, z, ld);
+          }
+        }
+        if (p.mode == tp::kUVW) tp::uvw_weight_grad(p, s.z, ld, s.gc, ob.ld, block, accumulate);
+      }
     }
   }
 }
@@ -433,8 +509,6 @@ void vjp_w_element(const Program<T>& prog, const T* x1, const T* x2, const T* g,
 // ---------------------------------------------------------------------------------------------
 // Drivers
 // ---------------------------------------------------------------------------------------------
-enum class Kernel { kForward, kVjpX1, kVjpX2, kVjpW };
-
 void check_io(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> tensors,
               const at::Tensor& out) {
   const auto dtype = out.scalar_type();
@@ -453,6 +527,7 @@ void run_kernel(Kernel kernel, const char* op, const at::Tensor& x1, const at::T
                 const at::Tensor& w, const at::Tensor& out, const at::Tensor& table, const at::Tensor& coefficients,
                 const at::Tensor& cg_index, const at::Tensor& cg_value, bool weighted_only, int64_t batch,
                 int64_t dim1, int64_t dim2, int64_t dim_out, int64_t weight_numel, bool shared) {
+  constexpr int TE = kLanes<T>;
   const Program<T> prog = build_program<T>(op, table, coefficients, cg_index, cg_value, dim1, dim2, dim_out,
                                            weight_numel, weighted_only || kernel == Kernel::kVjpW);
   const T* px1 = x1.defined() ? x1.data_ptr<T>() : nullptr;
@@ -462,20 +537,25 @@ void run_kernel(Kernel kernel, const char* op, const at::Tensor& x1, const at::T
   T* po = out.data_ptr<T>();
   advise_huge_pages(po, static_cast<size_t>(out.numel()) * sizeof(T));
   const int64_t wstride = shared ? 0 : weight_numel;
-  const int64_t row_bytes = int64_t(sizeof(T)) * (dim1 + dim2 + dim_out + wstride);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(row_bytes, 1));
+  const int64_t out_stride = out.dim() == 2 ? out.size(1) : 0;
+  auto tile_at = [&](int64_t e0, int64_t count, T* out_row) {
+    return TileIO<T>{e0, count,
+                     px1 ? px1 + e0 * dim1 : nullptr, px2 ? px2 + e0 * dim2 : nullptr,
+                     pg ? pg + e0 * dim_out : nullptr, pw ? pw + e0 * wstride : nullptr,
+                     out_row, dim1, dim2, dim_out, wstride, out_stride};
+  };
 
   if (kernel == Kernel::kVjpW && shared) {
     // Sum over fixed blocks of elements, then over blocks in order: the same bits for any thread count.
-    const int64_t block = std::max<int64_t>(64, (batch + 255) / 256);
+    const int64_t block = round_up(std::max<int64_t>(64, (batch + 255) / 256), TE);
     const int64_t blocks = (batch + block - 1) / block;
     std::vector<T> partial(static_cast<size_t>(std::max<int64_t>(blocks, 1) * weight_numel), T(0));
     at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      TPScratch<T> s(prog);
+      TPScratch<T> s(prog, kernel, dim2);
       for (int64_t b = begin; b < end; ++b) {
         T* acc = partial.data() + b * weight_numel;
-        for (int64_t e = b * block; e < std::min(batch, (b + 1) * block); ++e)
-          vjp_w_element(prog, px1 + e * dim1, px2 + e * dim2, pg + e * dim_out, acc, true, s);
+        for (int64_t e0 = b * block; e0 < std::min(batch, (b + 1) * block); e0 += TE)
+          vjp_w_tile(prog, tile_at(e0, std::min<int64_t>(TE, batch - e0), acc), true, s);
       }
     });
     at::parallel_for(0, weight_numel, 1024, [&](int64_t begin, int64_t end) {
@@ -488,23 +568,20 @@ void run_kernel(Kernel kernel, const char* op, const at::Tensor& x1, const at::T
     return;
   }
 
-  at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
-    TPScratch<T> s(prog);
-    for (int64_t e = begin; e < end; ++e) {
-      const T* we = pw ? pw + e * wstride : nullptr;
+  // Tiles of TE elements; enough tiles per task that a task moves at least ~256 KiB.
+  const int64_t tiles = (batch + TE - 1) / TE;
+  const int64_t tile_bytes = int64_t(sizeof(T)) * TE * (dim1 + dim2 + dim_out + wstride);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(tile_bytes, 1));
+  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+    TPScratch<T> s(prog, kernel, dim2);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
+      const TileIO<T> io = tile_at(e0, count, po + e0 * out_stride);
       switch (kernel) {
-        case Kernel::kForward:
-          forward_element(prog, px1 + e * dim1, px2 + e * dim2, we, po + e * dim_out, s);
-          break;
-        case Kernel::kVjpX1:
-          vjp_x1_element(prog, pg + e * dim_out, px2 + e * dim2, we, po + e * dim1, s);
-          break;
-        case Kernel::kVjpX2:
-          vjp_x2_element(prog, px1 + e * dim1, pg + e * dim_out, we, po + e * dim2, dim2, s);
-          break;
-        case Kernel::kVjpW:
-          vjp_w_element(prog, px1 + e * dim1, px2 + e * dim2, pg + e * dim_out, po + e * weight_numel, false, s);
-          break;
+        case Kernel::kForward: forward_tile(prog, io, s); break;
+        case Kernel::kVjpX1: vjp_x1_tile(prog, io, s); break;
+        case Kernel::kVjpX2: vjp_x2_tile(prog, io, s); break;
+        case Kernel::kVjpW: vjp_w_tile(prog, io, false, s); break;
       }
     }
   });

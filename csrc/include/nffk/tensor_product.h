@@ -12,10 +12,12 @@
 // CG pairs. A path's CG non-zeros are sorted by (m3, m1, m2). Consecutive entries with the same
 // (m1 = i, m3 = k) form a CGPair whose m2 run is contracted with one x2 channel v first, per element:
 //     A[i][k] = coefficient * sum_j C[i, j, k] x2[v, j]                  (project_x2, d1 x d3)
-// and everything channel-wise is then a small dense product with A, vectorised over channels u:
+// (vectorised over a tile of batch elements: it is scalar work per element) and everything
+// channel-wise is then a small dense product with A, vectorised over channels u:
 //     uvu forward   out[k][u] += sum_i A[i][k] (w x1)[i][u]             (gemm, Y = A^T X)
 //     vjp x1        gx1[i][u] += sum_k A[i][k] (w g)[k][u]              (gemm, Y = A X)
-//     vjp x2        gx2[v, j] += coefficient * sum_u sum_{C != 0} C x1[i][u] (w g)[k][u]   (x2_partials)
+//     vjp x2        S[i][k] = sum_u x1[i][u] (w g)[k][u]                 (pair_dots)
+//                   gx2[v, j] += coefficient * sum_{i,k} C[i, j, k] S[i][k]   (unproject_x2)
 //     vjp w         gw[u] = sum_k g[k][u] sum_i A[i][k] x1[i][u]         (weight_grad)
 // uvw paths first form z[v][k][u] = sum_i A_v[i][k] x1[i][u] and mix channels with the weights.
 // A is built from the CG non-zeros (a dense CG is never formed); its few zeros cost less than the
@@ -95,15 +97,48 @@ NFFK_HD void from_channel_major(const T* src, int64_t ld, int64_t mul, int64_t d
 // ---------------------------------------------------------------------------------------------
 // The x2 side: scalars per element
 // ---------------------------------------------------------------------------------------------
-// A[i * d3 + k] = coefficient * sum_j C[i, j, k] x2v[j], the path's CG contracted with one x2
-// channel (x2v: its 2 l2 + 1 components), from the non-zeros: a dense d1 x d3 matrix.
-template <typename T>
-NFFK_HD void project_x2(const Path<T>& p, const T* x2v, T* A) {
-  for (int32_t n = 0; n < p.d1 * p.d3; ++n) A[n] = T(0);
+// For a tile of TE batch elements at once (lanes e), with x2 transposed to x2t[j][e] (the
+// components of one x2 channel): A[(i * d3 + k) * TE + e] = coefficient * sum_j C[i, j, k] x2t[j][e],
+// the path's CG contracted with x2, a dense d1 x d3 matrix per element built from the non-zeros.
+template <typename T, int TE>
+NFFK_HD void project_x2(const Path<T>& p, const T* x2t, T* A) {
+  for (int32_t n = 0; n < p.d1 * p.d3 * TE; ++n) A[n] = T(0);
   for (int32_t q = 0; q < p.num_pairs; ++q) {
+    T acc[TE];
+    NFFK_SIMD for (int e = 0; e < TE; ++e) acc[e] = T(0);
+    for (int32_t nz = p.pairs[q].begin; nz < p.pairs[q].end; ++nz) {
+      const T c = p.cg_value[nz];
+      const T* x = x2t + p.cg_j[nz] * TE;
+      NFFK_SIMD for (int e = 0; e < TE; ++e) acc[e] += c * x[e];
+    }
+    T* a = A + (p.pairs[q].i * p.d3 + p.pairs[q].k) * TE;
+    NFFK_SIMD for (int e = 0; e < TE; ++e) a[e] = p.coefficient * acc[e];
+  }
+}
+
+// The adjoint, for the x2 gradient: gx2t[j][e] += coefficient * sum_{i, k} C[i, j, k] S[(i * d3 + k) * TE + e]
+// (only the (i, k) of the path's CG pairs are read).
+template <typename T, int TE>
+NFFK_HD void unproject_x2(const Path<T>& p, const T* S, T* gx2t) {
+  for (int32_t q = 0; q < p.num_pairs; ++q) {
+    const T* s = S + (p.pairs[q].i * p.d3 + p.pairs[q].k) * TE;
+    for (int32_t nz = p.pairs[q].begin; nz < p.pairs[q].end; ++nz) {
+      const T c = p.coefficient * p.cg_value[nz];
+      T* g = gx2t + p.cg_j[nz] * TE;
+      NFFK_SIMD for (int e = 0; e < TE; ++e) g[e] += c * s[e];
+    }
+  }
+}
+
+// S[(i * d3 + k) * stride] = sum_u x1[i][u] rows[k][u] for the (i, k) of the path's CG pairs.
+template <typename T>
+NFFK_HD void pair_dots(const Path<T>& p, const T* x1, const T* rows, int64_t ld, int64_t n, T* S, int64_t stride) {
+  for (int32_t q = 0; q < p.num_pairs; ++q) {
+    const T* xr = x1 + p.pairs[q].i * ld;
+    const T* rr = rows + p.pairs[q].k * ld;
     T sum = T(0);
-    for (int32_t e = p.pairs[q].begin; e < p.pairs[q].end; ++e) sum += p.cg_value[e] * x2v[p.cg_j[e]];
-    A[p.pairs[q].i * p.d3 + p.pairs[q].k] = p.coefficient * sum;
+    NFFK_SIMD_SUM(sum) for (int64_t u = 0; u < n; ++u) sum += xr[u] * rr[u];
+    S[(p.pairs[q].i * p.d3 + p.pairs[q].k) * stride] = sum;
   }
 }
 
@@ -149,10 +184,10 @@ NFFK_HD void gemm(int32_t rows, int32_t cols, const T* M, int64_t sr, int64_t sc
   }
 }
 
-// gw[u] = sum_k G[k][u] sum_i A[i][k] X[i][u]: the weight gradient of a uvu path (per x2 channel).
+// gw[u] = sum_k G[k][u] sum_i A[i * si + k * sk] X[i][u]: the weight gradient of a uvu path (per x2 channel).
 template <typename T, int CH, int RB>
-NFFK_HD void weight_grad_block(int32_t k0, const T* A, int32_t d1, int32_t d3, const T* X, const T* G, int64_t ld,
-                               int64_t u0, T* result) {
+NFFK_HD void weight_grad_block(int32_t k0, const T* A, int64_t si, int64_t sk, int32_t d1, const T* X, const T* G,
+                               int64_t ld, int64_t u0, T* result) {
   T acc[RB][CH];
   for (int b = 0; b < RB; ++b) {
     NFFK_SIMD for (int c = 0; c < CH; ++c) acc[b][c] = T(0);
@@ -160,7 +195,7 @@ NFFK_HD void weight_grad_block(int32_t k0, const T* A, int32_t d1, int32_t d3, c
   for (int32_t i = 0; i < d1; ++i) {
     const T* x = X + i * ld + u0;
     for (int b = 0; b < RB; ++b) {
-      const T a = A[i * d3 + k0 + b];
+      const T a = A[i * si + (k0 + b) * sk];
       NFFK_SIMD for (int c = 0; c < CH; ++c) acc[b][c] += a * x[c];
     }
   }
@@ -171,38 +206,20 @@ NFFK_HD void weight_grad_block(int32_t k0, const T* A, int32_t d1, int32_t d3, c
 }
 
 template <typename T, int CH>
-NFFK_HD void weight_grad(const T* A, int32_t d1, int32_t d3, const T* X, const T* G, int64_t ld, int64_t n, T* gw) {
+NFFK_HD void weight_grad(const T* A, int64_t si, int64_t sk, int32_t d1, int32_t d3, const T* X, const T* G, int64_t ld,
+                         int64_t n, T* gw) {
   for (int64_t u0 = 0; u0 < n; u0 += CH) {
     T result[CH];
     NFFK_SIMD for (int c = 0; c < CH; ++c) result[c] = T(0);
     int32_t k = 0;
-    for (; k + 4 <= d3; k += 4) weight_grad_block<T, CH, 4>(k, A, d1, d3, X, G, ld, u0, result);
+    for (; k + 4 <= d3; k += 4) weight_grad_block<T, CH, 4>(k, A, si, sk, d1, X, G, ld, u0, result);
     switch (d3 - k) {
-      case 3: weight_grad_block<T, CH, 3>(k, A, d1, d3, X, G, ld, u0, result); break;
-      case 2: weight_grad_block<T, CH, 2>(k, A, d1, d3, X, G, ld, u0, result); break;
-      case 1: weight_grad_block<T, CH, 1>(k, A, d1, d3, X, G, ld, u0, result); break;
+      case 3: weight_grad_block<T, CH, 3>(k, A, si, sk, d1, X, G, ld, u0, result); break;
+      case 2: weight_grad_block<T, CH, 2>(k, A, si, sk, d1, X, G, ld, u0, result); break;
+      case 1: weight_grad_block<T, CH, 1>(k, A, si, sk, d1, X, G, ld, u0, result); break;
       default: break;
     }
     NFFK_SIMD for (int c = 0; c < CH; ++c) gw[u0 + c] = result[c];
-  }
-}
-
-// t[j][u] += sum over non-zeros (i, j, k) of C x1[i][u] rows[k][u]: per-channel partial sums of the
-// x2 gradient (summed over u and scaled by the coefficient by the caller).
-template <typename T, int CH>
-NFFK_HD void x2_partials(const Path<T>& p, const T* x1, const T* rows, T* t, int64_t ld, int64_t n) {
-  for (int64_t u0 = 0; u0 < n; u0 += CH) {
-    for (int32_t q = 0; q < p.num_pairs; ++q) {
-      const T* xr = x1 + p.pairs[q].i * ld + u0;
-      const T* rr = rows + p.pairs[q].k * ld + u0;
-      T prod[CH];
-      NFFK_SIMD for (int c = 0; c < CH; ++c) prod[c] = xr[c] * rr[c];
-      for (int32_t e = p.pairs[q].begin; e < p.pairs[q].end; ++e) {
-        const T cg = p.cg_value[e];
-        T* tj = t + p.cg_j[e] * ld + u0;
-        NFFK_SIMD for (int c = 0; c < CH; ++c) tj[c] += cg * prod[c];
-      }
-    }
   }
 }
 
