@@ -27,6 +27,14 @@ void tp_vjp_w(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& g, c
               const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
               const at::Tensor& out);
 
+// Equivariant Linear (csrc/cpu/linear.cpp): write `out`, every element of it.
+void linear_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& paths, const at::Tensor& coefficients,
+                    const at::Tensor& out);
+void linear_vjp_x(const at::Tensor& g, const at::Tensor& w, const at::Tensor& paths, const at::Tensor& coefficients,
+                  const at::Tensor& out);
+void linear_vjp_w(const at::Tensor& x, const at::Tensor& g, const at::Tensor& paths, const at::Tensor& coefficients,
+                  const at::Tensor& out);
+
 // Spherical harmonics (csrc/cpu/spherical_harmonics.cpp): a, b are the recurrence tables and
 // src, coef the gradient table of nffk.ops.spherical_harmonics; every element of the outputs is written.
 void sh_forward(const at::Tensor& x, at::IntArrayRef ls, bool normalize, int64_t normalization, const at::Tensor& a,
