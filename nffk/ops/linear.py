@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nffk import _ext, backends
+from nffk import backends
 from nffk.o3 import Irreps
 from nffk.ops import _outputs, _plans
 from nffk.ops.tensor_product import _parse_irreps
@@ -185,7 +185,7 @@ class CpuKernels:
 
 CPU_DTYPES = (torch.float32, torch.float64)
 KERNELS = {"reference": ReferenceKernels, "cpu": CpuKernels}
-SUPPORTS = {"reference": lambda plan: True, "cpu": lambda plan: _ext.loaded()}
+SUPPORTS = {"reference": lambda plan: True, "cpu": lambda plan: True}  # resolve checks the extension
 DTYPES = {"cpu": CPU_DTYPES}
 
 
@@ -284,5 +284,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, plan: LinearPlan, backend: str
     xf = x.expand(*batch_shape, plan.dim_in).reshape(elements, plan.dim_in).contiguous()
     wf = weight.contiguous() if shared else \
         weight.expand(*batch_shape, plan.weight_numel).reshape(elements, plan.weight_numel).contiguous()
+    backends.check_dtype("linear", backend, x.dtype, DTYPES)
     chosen = backends.resolve("linear", backend, x.device, implemented_backends(plan, x.dtype))
     return torch.ops.nffk.linear_forward(xf, wf, plan.id, chosen).reshape(*batch_shape, plan.dim_out)

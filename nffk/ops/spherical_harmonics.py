@@ -21,7 +21,7 @@ from typing import List, Tuple
 
 import torch
 
-from nffk import _ext, backends, o3
+from nffk import backends, o3
 from nffk.o3.spherical_harmonics import _degrees, _sqrt_rational, spherical_harmonics_coefficients
 from nffk.ops import _outputs
 
@@ -195,7 +195,9 @@ def spherical_harmonics(ls, x: torch.Tensor, normalize: bool = True, normalizati
         raise ValueError(f"x must be a tensor of shape [..., 3], got {shape}")
     if not x.dtype.is_floating_point:
         raise ValueError(f"x must be a floating point tensor, got {x.dtype}")
-    implemented = IMPLEMENTED if (x.dtype in CPU_DTYPES and _ext.loaded()) else ("reference",)
+    backends.check_dtype("spherical_harmonics", backend, x.dtype, {"cpu": CPU_DTYPES})
+    # (whether the compiled extension is loaded is checked by backends.resolve, with its reason)
+    implemented = IMPLEMENTED if x.dtype in CPU_DTYPES else ("reference",)
     chosen = backends.resolve("spherical_harmonics", backend, x.device, implemented)
     if chosen == "reference":
         return o3.spherical_harmonics(degrees, x, normalize, normalization)

@@ -24,7 +24,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from nffk import _ext, backends
+from nffk import backends
 from nffk.ops import _outputs, _plans
 from nffk.o3 import Irreps, wigner_3j_sparse
 
@@ -397,8 +397,8 @@ class CpuKernels:
 # Backend name -> kernels object, a predicate saying which plans it supports, and the dtypes it
 # computes in (missing: any floating dtype).
 KERNELS = {"reference": ReferenceKernels, "cpu": CpuKernels}
-SUPPORTS = {"reference": lambda plan: True,
-            "cpu": lambda plan: _ext.loaded() and all(p.mode in CPU_MODES for p in plan.paths)}
+# (whether the compiled extension is loaded is checked by backends.resolve, with its reason)
+SUPPORTS = {"reference": lambda plan: True, "cpu": lambda plan: all(p.mode in CPU_MODES for p in plan.paths)}
 DTYPES = {"cpu": CPU_DTYPES}
 
 
@@ -543,6 +543,7 @@ def tensor_product(x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | No
     flat = lambda t, d: t.expand(*batch_shape, d).reshape(elements, d).contiguous()  # noqa: E731
     x1f, x2f = flat(x1, plan.dim_in1), flat(x2, plan.dim_in2)
     wf = weight.contiguous() if shared else flat(weight, plan.weight_numel)
+    backends.check_dtype("tensor_product", backend, x1.dtype, DTYPES)
     chosen = backends.resolve("tensor_product", backend, x1.device, implemented_backends(plan, x1.dtype))
     out = torch.ops.nffk.tp_forward(x1f, x2f, wf, plan.id, chosen, False)
     return out.reshape(*batch_shape, plan.dim_out)
