@@ -32,3 +32,31 @@ def copy_bandwidth(nbytes: int = 1 << 28, repeat: int = 5) -> float:
     dst = torch.empty_like(src)
     seconds = median_time(lambda: dst.copy_(src), [()], warmup=1, repeat=repeat)
     return 2 * nbytes / seconds
+
+
+def interleaved_medians(fns: dict, input_sets, rounds: int = 5, warmup: int = 1) -> dict:
+    """Median wall time (s) of each fn(*inputs), measured in alternating rounds so that a change in
+    machine load (shared machines) affects every contender alike; ratios within one call are fair."""
+    for fn in fns.values():
+        for k in range(warmup):
+            fn(*input_sets[k % len(input_sets)])
+    times = {name: [] for name in fns}
+    for r in range(rounds):
+        for name, fn in fns.items():
+            args = input_sets[r % len(input_sets)]
+            t0 = time.perf_counter()
+            fn(*args)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def copy_floor(nbytes: int):
+    """A function whose time is the memory floor of a kernel that must move `nbytes` (read + write):
+    a copy of nbytes / 2 into a buffer already touched (no page faults)."""
+    count = max(1, nbytes // 8)
+    src = torch.ones(count, dtype=torch.float32)
+    dst = torch.zeros_like(src)
+
+    def run(*_):
+        dst.copy_(src)
+    return run
