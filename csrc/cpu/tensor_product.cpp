@@ -303,6 +303,46 @@ void weight_grad(const T* A, int64_t si, int64_t sk, int32_t d1, int32_t d3, con
   }
 }
 
+// S[(i * d3 + k) * stride] = sum_u x1[i][u] rows[k][u] for the path's CG pairs, reduced in groups.
+template <typename T>
+void grouped_pair_dots(const tp::Path<T>& p, const T* x1, const T* rows, int64_t ld, T* S, int64_t stride) {
+  constexpr int G = kDotGroup<T>;
+  const T* a[G];
+  const T* b[G];
+  T result[G];
+  for (int32_t q0 = 0; q0 < p.num_pairs; q0 += G) {
+    const int count = static_cast<int>(std::min<int64_t>(G, p.num_pairs - q0));
+    for (int r = 0; r < count; ++r) {
+      a[r] = x1 + p.pairs[q0 + r].i * ld;
+      b[r] = rows + p.pairs[q0 + r].k * ld;
+    }
+    dots(count, a, b, ld, result);
+    for (int r = 0; r < count; ++r) S[(p.pairs[q0 + r].i * p.d3 + p.pairs[q0 + r].k) * stride] = result[r];
+  }
+}
+
+// h[v][k][u] = sum_w W[u][v][w] g[k][w] (zero for padding channels), reduced in groups of rows u.
+template <typename T>
+void contract_weights(const tp::Path<T>& p, const T* W, const T* g, int64_t ld3, T* h, int64_t ld1) {
+  constexpr int G = kDotGroup<T>;
+  const int64_t V = p.mul2, Wo = p.mul_out, d3 = p.d3;
+  const T* a[G];
+  const T* b[G];
+  for (int64_t v = 0; v < V; ++v)
+    for (int64_t k = 0; k < d3; ++k) {
+      T* hk = h + (v * d3 + k) * ld1;
+      for (int64_t u0 = 0; u0 < p.mul1; u0 += G) {
+        const int count = static_cast<int>(std::min<int64_t>(G, p.mul1 - u0));
+        for (int r = 0; r < count; ++r) {
+          a[r] = W + ((u0 + r) * V + v) * Wo;
+          b[r] = g + k * ld3;
+        }
+        dots(count, a, b, Wo, hk + u0);
+      }
+      std::fill(hk + p.mul1, hk + ld1, T(0));
+    }
+}
+
 // One tile: elements e0 .. e0 + count - 1 (count <= TE) and everything about them.
 template <typename T>
 struct TileIO {
@@ -376,7 +416,7 @@ void forward_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) 
             gemm(p.d3, p.d1, A, TE, int64_t(p.d3) * TE, xc, z, ld);
           }
         }
-        if (p.mode == tp::kUVW) tp::uvw_forward(p, s.z, ld, w + p.weight_offset, s.outc, ob.ld);
+        if (p.mode == tp::kUVW) tp::uvw_forward<T, kLanes<T>>(p, s.z, ld, w + p.weight_offset, s.outc, ob.ld);
       }
       from_channel_major(s.outc, ob.ld, ob.mul, ob.d, io.out + e * io.out_stride + ob.offset);
     }
@@ -400,7 +440,7 @@ void vjp_x1_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
         const Block& xb = prog.x1_blocks[prog.path_x1[n]];
         T* gxc = s.gx1c + e * prog.x1_scratch + xb.slot;
         const int64_t ld = xb.ld;
-        if (p.mode == tp::kUVW) tp::uvw_contract_g(p, w + p.weight_offset, s.gc, ob.ld, s.z, ld);
+        if (p.mode == tp::kUVW) contract_weights(p, w + p.weight_offset, s.gc, ob.ld, s.z, ld);
         for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE) {
           const T* rows;
           if (p.mode == tp::kUVU) {
@@ -439,7 +479,7 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
         const Block& xb = prog.x1_blocks[prog.path_x1[n]];
         const T* xc = s.x1c + e * prog.x1_scratch + xb.slot;
         const int64_t ld = xb.ld;
-        if (p.mode == tp::kUVW) tp::uvw_contract_g(p, w + p.weight_offset, s.gc, ob.ld, s.z, ld);
+        if (p.mode == tp::kUVW) contract_weights(p, w + p.weight_offset, s.gc, ob.ld, s.z, ld);
         for (int64_t v = 0; v < p.mul2; ++v, S += int64_t(p.d1) * p.d3 * TE) {
           const T* rows;
           if (p.mode == tp::kUVU) {
@@ -448,7 +488,7 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
           } else {
             rows = s.z + v * p.d3 * ld;
           }
-          tp::pair_dots(p, xc, rows, ld, ld, S, TE);
+          grouped_pair_dots(p, xc, rows, ld, S, TE);
         }
       }
     }
@@ -500,7 +540,7 @@ void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, bool accumulate, TP
             gemm(p.d3, p.d1, A, TE, int64_t(p.d3) * TE, xc, z, ld);
           }
         }
-        if (p.mode == tp::kUVW) tp::uvw_weight_grad(p, s.z, ld, s.gc, ob.ld, block, accumulate);
+        if (p.mode == tp::kUVW) tp::uvw_weight_grad<T, kLanes<T>>(p, s.z, ld, s.gc, ob.ld, block, accumulate);
       }
     }
   }

@@ -75,6 +75,8 @@ struct Float16 {
   static void store(float* p, Reg v, int count) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << count) - 1), v); }
   static void store_full(float* p, Reg v) { _mm512_storeu_ps(p, v); }
   static void transpose(Reg* r) { transpose16(r); }
+  static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
 };
 
 struct Double8 {
@@ -86,6 +88,8 @@ struct Double8 {
   static void store(double* p, Reg v, int count) { _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << count) - 1), v); }
   static void store_full(double* p, Reg v) { _mm512_storeu_pd(p, v); }
   static void transpose(Reg* r) { transpose8(r); }
+  static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_pd(a, b, c); }
+  static Reg add(Reg a, Reg b) { return _mm512_add_pd(a, b); }
 };
 
 template <typename T>
@@ -135,6 +139,27 @@ NFFK_HD void from_channel_major(const T* src, int64_t ld, int64_t mul, int64_t d
   }
 }
 
+// out[r] = sum_j a[r][j] b[r][j] for r < count <= tile size, j < n (any n: the tail is masked).
+// The partial sums of all rows are reduced together by one register transpose.
+template <typename T>
+inline void dots(int count, const T* const* a, const T* const* b, int64_t n, T* out) {
+  using Tile = typename detail::TileOf<T>::type;
+  constexpr int N = Tile::N;
+  typename Tile::Reg acc[N];
+  const int64_t full = n / N * N;
+  const int tail = static_cast<int>(n - full);
+  for (int r = 0; r < N; ++r) {
+    acc[r] = Tile::zero();
+    if (r >= count) continue;
+    for (int64_t j = 0; j < full; j += N) acc[r] = Tile::fma(Tile::load_full(a[r] + j), Tile::load_full(b[r] + j), acc[r]);
+    if (tail) acc[r] = Tile::fma(Tile::load(a[r] + full, tail), Tile::load(b[r] + full, tail), acc[r]);
+  }
+  Tile::transpose(acc);
+  for (int step = N / 2; step >= 1; step /= 2)
+    for (int r = 0; r < step; ++r) acc[r] = Tile::add(acc[r], acc[r + step]);
+  Tile::store(out, acc[0], count);
+}
+
 #else  // portable loops
 
 template <typename T>
@@ -147,6 +172,19 @@ NFFK_HD void from_channel_major(const T* src, int64_t ld, int64_t mul, int64_t d
   tp::from_channel_major(src, ld, mul, d, dst);
 }
 
+template <typename T>
+inline void dots(int count, const T* const* a, const T* const* b, int64_t n, T* out) {
+  for (int r = 0; r < count; ++r) {
+    T sum = T(0);
+    for (int64_t j = 0; j < n; ++j) sum += a[r][j] * b[r][j];
+    out[r] = sum;
+  }
+}
+
 #endif
+
+// Dot products are reduced in groups of this many (the register tile).
+template <typename T>
+inline constexpr int kDotGroup = 64 / sizeof(T);
 
 }  // namespace nffk::cpu

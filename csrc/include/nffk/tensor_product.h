@@ -239,19 +239,50 @@ NFFK_HD void weight_rows(int32_t rows, const T* w, const T* g, T* out, int64_t l
 // uvw: channel mixing. z[v][k][u] (ld1) from cg_contract per v; weights W[u][v][w] (w fastest);
 // output blocks channel-major [d3][ld3] over the output channel w.
 // ---------------------------------------------------------------------------------------------
-// out[k][w] += sum_{u, v} z[v][k][u] W[u][v][w]
-template <typename T>
-NFFK_HD void uvw_forward(const Path<T>& p, const T* z, int64_t ld1, const T* W, T* out, int64_t ld3) {
+// out[k][w] += sum_{u, v} z[v][k][u] W[u][v][w] for rows k0 <= k < k0 + RB and the CH output channels
+// from w0 (`count` <= CH of them valid: the tail of a weight row is not read past its end).
+template <typename T, int CH, int RB>
+NFFK_HD void uvw_forward_block(const Path<T>& p, const T* z, int64_t ld1, const T* W, T* out, int64_t ld3,
+                               int32_t k0, int64_t w0, int64_t count) {
   const int64_t V = p.mul2, Wo = p.mul_out, d3 = p.d3;
+  T acc[RB][CH];
+  for (int b = 0; b < RB; ++b) {
+    NFFK_SIMD for (int c = 0; c < CH; ++c) acc[b][c] = T(0);
+  }
   for (int64_t u = 0; u < p.mul1; ++u)
     for (int64_t v = 0; v < V; ++v) {
-      const T* wr = W + (u * V + v) * Wo;
-      for (int64_t k = 0; k < d3; ++k) {
-        const T zk = z[(v * d3 + k) * ld1 + u];
-        T* o = out + k * ld3;
-        NFFK_SIMD for (int64_t w = 0; w < Wo; ++w) o[w] += zk * wr[w];
+      const T* wr = W + (u * V + v) * Wo + w0;
+      T wv[CH];
+      if (count == CH) {
+        NFFK_SIMD for (int c = 0; c < CH; ++c) wv[c] = wr[c];
+      } else {
+        for (int c = 0; c < CH; ++c) wv[c] = c < count ? wr[c] : T(0);
+      }
+      for (int b = 0; b < RB; ++b) {
+        const T zk = z[(v * d3 + k0 + b) * ld1 + u];
+        NFFK_SIMD for (int c = 0; c < CH; ++c) acc[b][c] += zk * wv[c];
       }
     }
+  for (int b = 0; b < RB; ++b) {
+    T* o = out + (k0 + b) * ld3 + w0;
+    NFFK_SIMD for (int c = 0; c < CH; ++c) o[c] += acc[b][c];
+  }
+}
+
+// out[k][w] += sum_{u, v} z[v][k][u] W[u][v][w]   (z: [V][d3][ld1]; out: [d3][ld3], ld3 >= round_up(Wo, CH))
+template <typename T, int CH>
+NFFK_HD void uvw_forward(const Path<T>& p, const T* z, int64_t ld1, const T* W, T* out, int64_t ld3) {
+  for (int64_t w0 = 0; w0 < p.mul_out; w0 += CH) {
+    const int64_t count = p.mul_out - w0 < CH ? p.mul_out - w0 : CH;
+    int32_t k = 0;
+    for (; k + 4 <= p.d3; k += 4) uvw_forward_block<T, CH, 4>(p, z, ld1, W, out, ld3, k, w0, count);
+    switch (p.d3 - k) {
+      case 3: uvw_forward_block<T, CH, 3>(p, z, ld1, W, out, ld3, k, w0, count); break;
+      case 2: uvw_forward_block<T, CH, 2>(p, z, ld1, W, out, ld3, k, w0, count); break;
+      case 1: uvw_forward_block<T, CH, 1>(p, z, ld1, W, out, ld3, k, w0, count); break;
+      default: break;
+    }
+  }
 }
 
 // h[v][k][u] = sum_w W[u][v][w] g[k][w]
@@ -274,20 +305,27 @@ NFFK_HD void uvw_contract_g(const Path<T>& p, const T* W, const T* g, int64_t ld
 }
 
 // gW[u][v][w] (+)= sum_k z[v][k][u] g[k][w]   (accumulate: add instead of assign)
-template <typename T>
+template <typename T, int CH>
 NFFK_HD void uvw_weight_grad(const Path<T>& p, const T* z, int64_t ld1, const T* g, int64_t ld3, T* gW,
                              bool accumulate) {
   const int64_t V = p.mul2, Wo = p.mul_out, d3 = p.d3;
   for (int64_t u = 0; u < p.mul1; ++u)
     for (int64_t v = 0; v < V; ++v) {
       T* o = gW + (u * V + v) * Wo;
-      if (!accumulate) {
-        NFFK_SIMD for (int64_t w = 0; w < Wo; ++w) o[w] = T(0);
-      }
-      for (int64_t k = 0; k < d3; ++k) {
-        const T zk = z[(v * d3 + k) * ld1 + u];
-        const T* gr = g + k * ld3;
-        NFFK_SIMD for (int64_t w = 0; w < Wo; ++w) o[w] += zk * gr[w];
+      for (int64_t w0 = 0; w0 < Wo; w0 += CH) {
+        T acc[CH];
+        NFFK_SIMD for (int c = 0; c < CH; ++c) acc[c] = T(0);
+        for (int64_t k = 0; k < d3; ++k) {
+          const T zk = z[(v * d3 + k) * ld1 + u];
+          const T* gr = g + k * ld3 + w0;  // g rows are padded to ld3: reading a full chunk is safe
+          NFFK_SIMD for (int c = 0; c < CH; ++c) acc[c] += zk * gr[c];
+        }
+        const int64_t count = Wo - w0 < CH ? Wo - w0 : CH;
+        if (accumulate) {
+          for (int64_t c = 0; c < count; ++c) o[w0 + c] += acc[c];
+        } else {
+          for (int64_t c = 0; c < count; ++c) o[w0 + c] = acc[c];
+        }
       }
     }
 }
