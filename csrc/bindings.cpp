@@ -10,11 +10,38 @@ TORCH_LIBRARY(nffk_C, m) {
   m.def(
       "neighbor_list(Tensor positions, Tensor system_ptr, Tensor cells, Tensor pbc, float cutoff, "
       "bool self_interaction, bool distances, bool vectors) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Tensor products: the plan's kernel tables (paths, coefficients, cg_index, cg_value) travel with the
+  // inputs; the caller allocates `out` and every element of it is written.
+#define NFFK_TP_TABLES "Tensor paths, Tensor coefficients, Tensor cg_index, Tensor cg_value"
+  m.def("tp_forward(Tensor x1, Tensor x2, Tensor w, " NFFK_TP_TABLES ", bool weighted_only, Tensor(a!) out) -> ()");
+  m.def("tp_vjp_x1(Tensor g, Tensor x2, Tensor w, " NFFK_TP_TABLES ", bool weighted_only, Tensor(a!) out) -> ()");
+  m.def("tp_vjp_x2(Tensor x1, Tensor g, Tensor w, " NFFK_TP_TABLES ", bool weighted_only, Tensor(a!) out) -> ()");
+  m.def("tp_vjp_w(Tensor x1, Tensor x2, Tensor g, " NFFK_TP_TABLES ", Tensor(a!) out) -> ()");
+#undef NFFK_TP_TABLES
+  m.def("linear_forward(Tensor x, Tensor w, Tensor paths, Tensor coefficients, Tensor(a!) out) -> ()");
+  m.def("linear_vjp_x(Tensor g, Tensor w, Tensor paths, Tensor coefficients, Tensor(a!) out) -> ()");
+  m.def("linear_vjp_w(Tensor x, Tensor g, Tensor paths, Tensor coefficients, Tensor(a!) out) -> ()");
+  // Spherical harmonics: recurrence tables (a, b) and gradient table (src, coef) travel with the inputs.
+#define NFFK_SH_ARGS "int[] ls, bool normalize, int normalization, Tensor a, Tensor b, Tensor src, Tensor coef"
+  m.def("sh_forward(Tensor x, " NFFK_SH_ARGS ", Tensor(a!) out) -> ()");
+  m.def("sh_vjp(Tensor x, Tensor grad, " NFFK_SH_ARGS ", Tensor(a!) out) -> ()");
+  m.def("sh_vjp_vjp(Tensor x, Tensor grad, Tensor h, " NFFK_SH_ARGS ", Tensor(a!) grad_x, Tensor(b!) grad_grad) -> ()");
+#undef NFFK_SH_ARGS
 }
 
 TORCH_LIBRARY_IMPL(nffk_C, CPU, m) {
   m.impl("segment_sum", &nffk::cpu::segment_sum);
   m.impl("neighbor_list", &nffk::cpu::neighbor_list);
+  m.impl("tp_forward", &nffk::cpu::tp_forward);
+  m.impl("tp_vjp_x1", &nffk::cpu::tp_vjp_x1);
+  m.impl("tp_vjp_x2", &nffk::cpu::tp_vjp_x2);
+  m.impl("tp_vjp_w", &nffk::cpu::tp_vjp_w);
+  m.impl("linear_forward", &nffk::cpu::linear_forward);
+  m.impl("linear_vjp_x", &nffk::cpu::linear_vjp_x);
+  m.impl("linear_vjp_w", &nffk::cpu::linear_vjp_w);
+  m.impl("sh_forward", &nffk::cpu::sh_forward);
+  m.impl("sh_vjp", &nffk::cpu::sh_vjp);
+  m.impl("sh_vjp_vjp", &nffk::cpu::sh_vjp_vjp);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

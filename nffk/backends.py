@@ -87,6 +87,15 @@ def resolve(op: str, backend: str, device: torch.device, implemented) -> str:
     return backend
 
 
+def check_dtype(op: str, backend: str, dtype: torch.dtype, dtypes: dict) -> None:
+    """A backend asked for by name that does not compute in `dtype` is an error saying so
+    (`dtypes`: backend name -> the dtypes it computes in; "auto" simply skips such backends)."""
+    name = requested(backend)
+    if name in dtypes and dtype not in dtypes[name]:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes[name])
+        raise BackendUnavailable(f"nffk: backend {name!r} computes {op} in {allowed}, got {dtype}")
+
+
 def triton_kernels():
     """The Triton kernel package `nffk.kernels` (from the source tree when not installed)."""
     try:

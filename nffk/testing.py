@@ -4,11 +4,13 @@ Everything draws from an explicit `torch.Generator`, so a failing case can be re
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
 
 from nffk.o3 import Irrep, Irreps
+from nffk.ops import _outputs
 from nffk.ops.tensor_product import MODES
 
 
@@ -86,3 +88,14 @@ def random_tensor_product(gen: torch.Generator, modes=MODES, lmax: int = 3, max_
                 options["in1_var"] = [0.5 + float(torch.rand((), generator=gen)) for _ in irreps1]
                 options["out_var"] = [0.5 + float(torch.rand((), generator=gen)) for _ in irreps_out]
         return TensorProductConfig(irreps1, irreps2, irreps_out, instructions, options)
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """Inside this context every output buffer nffk hands to a compiled kernel starts as NaN, so an
+    element the kernel does not write shows up as NaN instead of passing silently as zero."""
+    previous = _outputs.set_poison(True)
+    try:
+        yield
+    finally:
+        _outputs.set_poison(previous)

@@ -13,4 +13,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& positions, const at::Tensor& system_ptr, const at::Tensor& cells, const at::Tensor& pbc,
     double cutoff, bool self_interaction, bool distances, bool vectors);
 
+// Tensor products (csrc/cpu/tensor_product.cpp): write `out`, every element of it.
+void tp_forward(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w, const at::Tensor& paths,
+                const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
+                bool weighted_only, const at::Tensor& out);
+void tp_vjp_x1(const at::Tensor& g, const at::Tensor& x2, const at::Tensor& w, const at::Tensor& paths,
+               const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
+               bool weighted_only, const at::Tensor& out);
+void tp_vjp_x2(const at::Tensor& x1, const at::Tensor& g, const at::Tensor& w, const at::Tensor& paths,
+               const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
+               bool weighted_only, const at::Tensor& out);
+void tp_vjp_w(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& g, const at::Tensor& paths,
+              const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
+              const at::Tensor& out);
+
+// Equivariant Linear (csrc/cpu/linear.cpp): write `out`, every element of it.
+void linear_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& paths, const at::Tensor& coefficients,
+                    const at::Tensor& out);
+void linear_vjp_x(const at::Tensor& g, const at::Tensor& w, const at::Tensor& paths, const at::Tensor& coefficients,
+                  const at::Tensor& out);
+void linear_vjp_w(const at::Tensor& x, const at::Tensor& g, const at::Tensor& paths, const at::Tensor& coefficients,
+                  const at::Tensor& out);
+
+// Spherical harmonics (csrc/cpu/spherical_harmonics.cpp): a, b are the recurrence tables and
+// src, coef the gradient table of nffk.ops.spherical_harmonics; every element of the outputs is written.
+void sh_forward(const at::Tensor& x, at::IntArrayRef ls, bool normalize, int64_t normalization, const at::Tensor& a,
+                const at::Tensor& b, const at::Tensor& src, const at::Tensor& coef, const at::Tensor& out);
+void sh_vjp(const at::Tensor& x, const at::Tensor& grad, at::IntArrayRef ls, bool normalize, int64_t normalization,
+            const at::Tensor& a, const at::Tensor& b, const at::Tensor& src, const at::Tensor& coef,
+            const at::Tensor& out);
+void sh_vjp_vjp(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& h, at::IntArrayRef ls, bool normalize,
+                int64_t normalization, const at::Tensor& a, const at::Tensor& b, const at::Tensor& src,
+                const at::Tensor& coef, const at::Tensor& grad_x, const at::Tensor& grad_grad);
+
 }  // namespace nffk::cpu

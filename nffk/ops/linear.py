@@ -16,7 +16,7 @@ import torch
 
 from nffk import backends
 from nffk.o3 import Irreps
-from nffk.ops import _plans
+from nffk.ops import _outputs, _plans
 from nffk.ops.tensor_product import _parse_irreps
 
 # Columns of the int64 path table handed to compiled kernels.
@@ -159,12 +159,40 @@ class ReferenceKernels:
         return out
 
 
-KERNELS = {"reference": ReferenceKernels}
-SUPPORTS = {"reference": lambda plan: True}
+class CpuKernels:
+    """The three kernels of the cpu backend (csrc/cpu/linear.cpp), float32 and float64."""
+
+    @staticmethod
+    def _run(kernel, plan, a, b, shape):
+        tables = plan.kernel_tables(a.device, a.dtype)
+        out = _outputs.new(shape, a)
+        kernel(a.contiguous(), b.contiguous(), tables["paths"], tables["coefficients"], out)
+        return out
+
+    @staticmethod
+    def forward(plan, x, w):
+        return CpuKernels._run(torch.ops.nffk_C.linear_forward, plan, x, w, (x.shape[0], plan.dim_out))
+
+    @staticmethod
+    def vjp_x(plan, g, w):
+        return CpuKernels._run(torch.ops.nffk_C.linear_vjp_x, plan, g, w, (g.shape[0], plan.dim_in))
+
+    @staticmethod
+    def vjp_w(plan, x, g, shared):
+        shape = (plan.weight_numel,) if shared else (x.shape[0], plan.weight_numel)
+        return CpuKernels._run(torch.ops.nffk_C.linear_vjp_w, plan, x, g, shape)
 
 
-def implemented_backends(plan: LinearPlan) -> tuple:
-    return tuple(name for name, supports in SUPPORTS.items() if supports(plan))
+CPU_DTYPES = (torch.float32, torch.float64)
+KERNELS = {"reference": ReferenceKernels, "cpu": CpuKernels}
+SUPPORTS = {"reference": lambda plan: True, "cpu": lambda plan: True}  # resolve checks the extension
+DTYPES = {"cpu": CPU_DTYPES}
+
+
+def implemented_backends(plan: LinearPlan, dtype: torch.dtype | None = None) -> tuple:
+    """Backends that implement this plan (and, if given, compute in this dtype)."""
+    return tuple(name for name, supports in SUPPORTS.items()
+                 if supports(plan) and (dtype is None or dtype in DTYPES.get(name, (dtype,))))
 
 
 @torch.library.custom_op("nffk::linear_forward", mutates_args=())
@@ -256,5 +284,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, plan: LinearPlan, backend: str
     xf = x.expand(*batch_shape, plan.dim_in).reshape(elements, plan.dim_in).contiguous()
     wf = weight.contiguous() if shared else \
         weight.expand(*batch_shape, plan.weight_numel).reshape(elements, plan.weight_numel).contiguous()
-    chosen = backends.resolve("linear", backend, x.device, implemented_backends(plan))
+    backends.check_dtype("linear", backend, x.dtype, DTYPES)
+    chosen = backends.resolve("linear", backend, x.device, implemented_backends(plan, x.dtype))
     return torch.ops.nffk.linear_forward(xf, wf, plan.id, chosen).reshape(*batch_shape, plan.dim_out)

@@ -25,7 +25,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from nffk import backends
-from nffk.ops import _plans
+from nffk.ops import _outputs, _plans
 from nffk.o3 import Irreps, wigner_3j_sparse
 
 MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv")
@@ -356,14 +356,58 @@ class ReferenceKernels:
         return _reference(plan, "w", {"x1": x1, "x2": x2, "out": g}, shared)
 
 
-# Backend name -> kernels object, and a predicate saying which plans it supports.
+# ---------------------------------------------------------------------------------------------
+# CPU backend: C++/OpenMP kernels (csrc/cpu/tensor_product.cpp, element-level arithmetic in
+# csrc/include/nffk/tensor_product.h) for plans made of uvu and uvw paths, float32 and float64.
+# ---------------------------------------------------------------------------------------------
+CPU_MODES = ("uvu", "uvw")
+CPU_DTYPES = (torch.float32, torch.float64)
+
+
+def _cpu(kernel, plan, inputs, out_shape, *flags):
+    """Runs one compiled kernel on contiguous inputs into a fresh output buffer (every element written)."""
+    tables = plan.kernel_tables(inputs[0].device, inputs[0].dtype)
+    out = _outputs.new(out_shape, inputs[0])
+    kernel(*(t.contiguous() for t in inputs), tables["paths"], tables["coefficients"], tables["cg_index"],
+           tables["cg_value"], *flags, out)
+    return out
+
+
+class CpuKernels:
+    """The four kernels of the cpu backend (same contract as ReferenceKernels)."""
+
+    @staticmethod
+    def forward(plan, x1, x2, w, weighted_only):
+        return _cpu(torch.ops.nffk_C.tp_forward, plan, (x1, x2, w), (x1.shape[0], plan.dim_out), weighted_only)
+
+    @staticmethod
+    def vjp_x1(plan, g, x2, w, weighted_only):
+        return _cpu(torch.ops.nffk_C.tp_vjp_x1, plan, (g, x2, w), (g.shape[0], plan.dim_in1), weighted_only)
+
+    @staticmethod
+    def vjp_x2(plan, x1, g, w, weighted_only):
+        return _cpu(torch.ops.nffk_C.tp_vjp_x2, plan, (x1, g, w), (x1.shape[0], plan.dim_in2), weighted_only)
+
+    @staticmethod
+    def vjp_w(plan, x1, x2, g, shared):
+        shape = (plan.weight_numel,) if shared else (x1.shape[0], plan.weight_numel)
+        return _cpu(torch.ops.nffk_C.tp_vjp_w, plan, (x1, x2, g), shape)
+
+
+# Backend name -> kernels object, a predicate saying which plans it supports, and the dtypes it
+# computes in (missing: any floating dtype).
 # "triton": kernels/tensor_product.py, generic over the plan (every connection mode).
-KERNELS = {"reference": ReferenceKernels, "triton": backends.TritonModule("tensor_product")}
-SUPPORTS = {"reference": lambda plan: True, "triton": lambda plan: True}
+KERNELS = {"reference": ReferenceKernels, "cpu": CpuKernels, "triton": backends.TritonModule("tensor_product")}
+# (whether the compiled extension is loaded is checked by backends.resolve, with its reason)
+SUPPORTS = {"reference": lambda plan: True, "cpu": lambda plan: all(p.mode in CPU_MODES for p in plan.paths),
+            "triton": lambda plan: True}
+DTYPES = {"cpu": CPU_DTYPES}
 
 
-def implemented_backends(plan: TensorProductPlan) -> tuple:
-    return tuple(name for name, supports in SUPPORTS.items() if supports(plan))
+def implemented_backends(plan: TensorProductPlan, dtype: torch.dtype | None = None) -> tuple:
+    """Backends that implement this plan (and, if given, compute in this dtype)."""
+    return tuple(name for name, supports in SUPPORTS.items()
+                 if supports(plan) and (dtype is None or dtype in DTYPES.get(name, (dtype,))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,6 +545,7 @@ def tensor_product(x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | No
     flat = lambda t, d: t.expand(*batch_shape, d).reshape(elements, d).contiguous()  # noqa: E731
     x1f, x2f = flat(x1, plan.dim_in1), flat(x2, plan.dim_in2)
     wf = weight.contiguous() if shared else flat(weight, plan.weight_numel)
-    chosen = backends.resolve("tensor_product", backend, x1.device, implemented_backends(plan))
+    backends.check_dtype("tensor_product", backend, x1.dtype, DTYPES)
+    chosen = backends.resolve("tensor_product", backend, x1.device, implemented_backends(plan, x1.dtype))
     out = torch.ops.nffk.tp_forward(x1f, x2f, wf, plan.id, chosen, False)
     return out.reshape(*batch_shape, plan.dim_out)

@@ -1,0 +1,261 @@
+// CPU drivers of the spherical-harmonics kernels: values, vjp and the vjp's own vjp (second
+// derivatives), for blocks of kLanes<T> points (SIMD over points, OpenMP over blocks; every point
+// is independent, so results do not depend on the thread count). Element-level code:
+// nffk/spherical_harmonics.h.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "nffk/spherical_harmonics.h"
+#include "ops.h"
+#include "scratch.h"
+#include "transpose.h"
+
+namespace nffk::cpu {
+namespace {
+
+constexpr double kNormalizeEps = 1e-12;  // torch.nn.functional.normalize's
+
+// Everything a call needs, checked once: requested degrees, their output offsets and scales,
+// and the coefficient tables converted to the compute type.
+template <typename T>
+struct SHPlan {
+  int32_t lmax = 0, count = 0, dim = 0;  // count = (lmax + 1)^2 components computed
+  std::vector<int32_t> degrees, offsets;
+  std::vector<T> scale;  // per requested degree: normalisation relative to "component"
+  std::vector<T> a, b, coef;
+  const int32_t* src = nullptr;
+};
+
+template <typename T>
+SHPlan<T> make_plan(const char* op, at::IntArrayRef ls, int64_t normalization, const at::Tensor& a,
+                    const at::Tensor& b, const at::Tensor& src, const at::Tensor& coef) {
+  SHPlan<T> plan;
+  TORCH_CHECK(!ls.empty(), op, ": ls must name at least one degree");
+  TORCH_CHECK(normalization >= 0 && normalization <= 2, op, ": normalization must be 0 (integral), 1 (component) ",
+              "or 2 (norm), got ", normalization);
+  for (int64_t l : ls) {
+    TORCH_CHECK(l >= 0 && l <= 1000, op, ": degrees must lie in [0, 1000], got ", l);
+    plan.lmax = std::max<int32_t>(plan.lmax, static_cast<int32_t>(l));
+  }
+  const int64_t L = plan.lmax;
+  plan.count = static_cast<int32_t>((L + 1) * (L + 1));
+  for (const at::Tensor* t : {&a, &b})
+    TORCH_CHECK(t->scalar_type() == at::kDouble && t->dim() == 1 && t->size(0) == (L + 1) * (L + 2) / 2 &&
+                    t->is_contiguous() && t->device().is_cpu(),
+                op, ": recurrence tables must be float64 [", (L + 1) * (L + 2) / 2, "]");
+  TORCH_CHECK(src.scalar_type() == at::kInt && src.is_contiguous() && src.numel() == plan.count * 6 &&
+                  coef.scalar_type() == at::kDouble && coef.is_contiguous() && coef.numel() == plan.count * 6,
+              op, ": gradient tables must be int32 and float64 [", plan.count, ", 3, 2]");
+  const int32_t* s = src.data_ptr<int32_t>();
+  for (int32_t t = 0; t < plan.count; ++t) {
+    const int32_t l = static_cast<int32_t>(std::sqrt(double(t)));
+    for (int k = 0; k < 6; ++k)  // a derivative of degree l reads degree l - 1 only
+      TORCH_CHECK(s[t * 6 + k] < 0 || (s[t * 6 + k] >= (l - 1) * (l - 1) && s[t * 6 + k] < l * l), op,
+                  ": gradient table entry ", t, " is out of range");
+  }
+  plan.src = s;
+  for (int64_t l : ls) {
+    plan.degrees.push_back(static_cast<int32_t>(l));
+    plan.offsets.push_back(plan.dim);
+    plan.dim += static_cast<int32_t>(2 * l + 1);
+    const double n = normalization == 0 ? 1.0 / std::sqrt(4.0 * M_PI)
+                     : normalization == 1 ? 1.0 : 1.0 / std::sqrt(2.0 * double(l) + 1.0);
+    plan.scale.push_back(static_cast<T>(n));
+  }
+  const double *pa = a.data_ptr<double>(), *pb = b.data_ptr<double>(), *pc = coef.data_ptr<double>();
+  plan.a.assign(pa, pa + a.numel());
+  plan.b.assign(pb, pb + b.numel());
+  plan.coef.assign(pc, pc + coef.numel());
+  return plan;
+}
+
+// Scratch of one task: B points, structure of arrays.
+template <typename T>
+struct SHScratch {
+  static constexpr int B = kLanes<T>;
+  AlignedBuffer<T> memory;
+  T *x, *P, *gP, *W, *cols, *v, *k, *h, *out3;
+  explicit SHScratch(const SHPlan<T>& plan) {
+    const int64_t sizes[] = {3 * B, plan.count * B, plan.count * B, plan.count * B, int64_t(plan.dim) * B,
+                             3 * B, 3 * B, 3 * B, 3 * B};
+    T** slots[] = {&x, &P, &gP, &W, &cols, &v, &k, &h, &out3};
+    int64_t total = 0;
+    for (int64_t size : sizes) total += round_up(size, B);
+    memory.allocate(total);
+    int64_t at = 0;
+    for (size_t n = 0; n < sizeof(sizes) / sizeof(sizes[0]); ++n) {
+      *slots[n] = memory.data() + at;
+      at += round_up(sizes[n], B);
+    }
+  }
+};
+
+// rows [count][3] -> lanes [3][B] (zero past count)
+template <typename T>
+void load3(const T* rows, int64_t count, T* lanes) {
+  constexpr int B = kLanes<T>;
+  for (int a = 0; a < 3; ++a)
+    for (int n = 0; n < B; ++n) lanes[a * B + n] = n < count ? rows[n * 3 + a] : T(0);
+}
+
+template <typename T>
+void store3(const T* lanes, int64_t count, T* rows) {
+  constexpr int B = kLanes<T>;
+  for (int64_t n = 0; n < count; ++n)
+    for (int a = 0; a < 3; ++a) rows[n * 3 + a] = lanes[a * B + n];
+}
+
+// cols[c] = scale * P[t(c)] for the requested degrees, then rows [count][dim].
+template <typename T>
+void store_values(const SHPlan<T>& plan, const T* P, T* cols, int64_t count, T* rows) {
+  constexpr int B = kLanes<T>;
+  for (size_t r = 0; r < plan.degrees.size(); ++r) {
+    const int32_t l = plan.degrees[r];
+    const T scale = plan.scale[r];
+    for (int32_t c = 0; c < 2 * l + 1; ++c) {
+      const T* p = P + (l * l + c) * B;
+      T* o = cols + (plan.offsets[r] + c) * B;
+      NFFK_SIMD for (int n = 0; n < B; ++n) o[n] = scale * p[n];
+    }
+  }
+  from_channel_major(cols, B, count, plan.dim, rows);
+}
+
+// gP[t] = sum over requested degrees of scale * grad[c(t)] (rows [count][dim] -> lanes).
+template <typename T>
+void load_grad(const SHPlan<T>& plan, const T* rows, int64_t count, T* cols, T* gP) {
+  constexpr int B = kLanes<T>;
+  to_channel_major(rows, count, plan.dim, cols, B);
+  std::fill(gP, gP + plan.count * B, T(0));
+  for (size_t r = 0; r < plan.degrees.size(); ++r) {
+    const int32_t l = plan.degrees[r];
+    const T scale = plan.scale[r];
+    for (int32_t c = 0; c < 2 * l + 1; ++c) {
+      const T* g = cols + (plan.offsets[r] + c) * B;
+      T* o = gP + (l * l + c) * B;
+      NFFK_SIMD for (int n = 0; n < B; ++n) o[n] += scale * g[n];
+    }
+  }
+}
+
+enum class SHKernel { kValues, kVjp, kVjpVjp };
+
+template <typename T>
+void run_sh(SHKernel kernel, const SHPlan<T>& plan, bool normalize, int64_t points, const T* px, const T* pg,
+            const T* ph, T* out, T* out2) {
+  constexpr int B = kLanes<T>;
+  const T* a = plan.a.data();
+  const T* b = plan.b.data();
+  const T* coef = plan.coef.data();
+  const int64_t blocks = (points + B - 1) / B;
+  const int64_t grain = std::max<int64_t>(1, 4096 / (B * (plan.dim + 3)));
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    SHScratch<T> s(plan);
+    sh::Frame<T, B> frame;
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t n0 = blk * B, count = std::min<int64_t>(B, points - n0);
+      load3(px + n0 * 3, count, s.x);
+      frame.set(s.x, normalize, T(kNormalizeEps));
+      sh::values<T, B>(plan.lmax, a, b, frame.u[0], frame.u[1], frame.u[2], s.P);
+      if (kernel == SHKernel::kValues) {
+        store_values(plan, s.P, s.cols, count, out + n0 * plan.dim);
+        continue;
+      }
+      load_grad(plan, pg + n0 * plan.dim, count, s.cols, s.gP);
+      std::fill(s.v, s.v + 3 * B, T(0));
+      sh::gradient_dot<T, B>(plan.count, plan.src, coef, s.P, s.gP, s.v);  // v = (dP/du)^T gP
+      if (kernel == SHKernel::kVjp) {
+        frame.apply(s.v, s.out3);
+        store3(s.out3, count, out + n0 * 3);
+        continue;
+      }
+      // Second derivatives, with k = J h: d<h, J v(u)>/dgY = (dY/du) k and
+      // d<h, J v(u)>/dx = J (sum_t gP_t d2P_t/du2 k) + d/dx <J h, v>|_v.
+      load3(ph + n0 * 3, count, s.h);
+      frame.apply(s.h, s.k);
+      sh::gradient_jvp<T, B>(plan.count, plan.src, coef, s.P, s.k, s.W);
+      store_values(plan, s.W, s.cols, count, out2 + n0 * plan.dim);
+      std::fill(s.W, s.W + plan.count * B, T(0));
+      sh::gradient_scatter<T, B>(plan.count, plan.src, coef, s.gP, s.k, s.W);
+      std::fill(s.out3, s.out3 + 3 * B, T(0));
+      sh::gradient_dot<T, B>(plan.lmax * plan.lmax, plan.src, coef, s.P, s.W, s.out3);
+      frame.apply(s.out3, s.k);
+      frame.add_curvature(s.h, s.v, s.k);
+      store3(s.k, count, out + n0 * 3);
+    }
+  });
+}
+
+void check_points(const char* op, const char* name, const at::Tensor& t, int64_t points, int64_t width,
+                  c10::ScalarType dtype) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got one on ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " has dtype ", t.scalar_type(), ", expected ", dtype);
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == points && t.size(1) == width, op, ": ", name, " must be [", points, ", ",
+              width, "], got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
+template <typename T>
+void dispatch_sh(SHKernel kernel, const char* op, const at::Tensor& x, const at::Tensor& grad, const at::Tensor& h,
+                 at::IntArrayRef ls, bool normalize, int64_t normalization, const at::Tensor& a, const at::Tensor& b,
+                 const at::Tensor& src, const at::Tensor& coef, const at::Tensor& out, const at::Tensor& out2) {
+  const SHPlan<T> plan = make_plan<T>(op, ls, normalization, a, b, src, coef);
+  const auto dtype = x.scalar_type();
+  const int64_t points = x.size(0);
+  check_points(op, "x", x, points, 3, dtype);
+  const T* pg = nullptr;
+  const T* ph = nullptr;
+  T* po2 = nullptr;
+  if (kernel != SHKernel::kValues) {
+    check_points(op, "grad", grad, points, plan.dim, dtype);
+    pg = grad.data_ptr<T>();
+  }
+  if (kernel == SHKernel::kVjpVjp) {
+    check_points(op, "h", h, points, 3, dtype);
+    check_points(op, "grad_grad", out2, points, plan.dim, dtype);
+    ph = h.data_ptr<T>();
+    po2 = out2.data_ptr<T>();
+  }
+  check_points(op, "out", out, points, kernel == SHKernel::kValues ? plan.dim : 3, dtype);
+  advise_huge_pages(out.data_ptr<T>(), static_cast<size_t>(out.numel()) * sizeof(T));
+  run_sh<T>(kernel, plan, normalize, points, x.data_ptr<T>(), pg, ph, out.data_ptr<T>(), po2);
+}
+
+void dispatch(SHKernel kernel, const char* op, const at::Tensor& x, const at::Tensor& grad, const at::Tensor& h,
+              at::IntArrayRef ls, bool normalize, int64_t normalization, const at::Tensor& a, const at::Tensor& b,
+              const at::Tensor& src, const at::Tensor& coef, const at::Tensor& out, const at::Tensor& out2) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": the cpu backend computes in float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 2, op, ": x must be [points, 3], got ", x.sizes());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nffk_spherical_harmonics", [&] {
+    dispatch_sh<scalar_t>(kernel, op, x, grad, h, ls, normalize, normalization, a, b, src, coef, out, out2);
+  });
+}
+
+}  // namespace
+
+void sh_forward(const at::Tensor& x, at::IntArrayRef ls, bool normalize, int64_t normalization, const at::Tensor& a,
+                const at::Tensor& b, const at::Tensor& src, const at::Tensor& coef, const at::Tensor& out) {
+  dispatch(SHKernel::kValues, "nffk_C::sh_forward", x, at::Tensor(), at::Tensor(), ls, normalize, normalization, a, b,
+           src, coef, out, at::Tensor());
+}
+
+void sh_vjp(const at::Tensor& x, const at::Tensor& grad, at::IntArrayRef ls, bool normalize, int64_t normalization,
+            const at::Tensor& a, const at::Tensor& b, const at::Tensor& src, const at::Tensor& coef,
+            const at::Tensor& out) {
+  dispatch(SHKernel::kVjp, "nffk_C::sh_vjp", x, grad, at::Tensor(), ls, normalize, normalization, a, b, src, coef,
+           out, at::Tensor());
+}
+
+void sh_vjp_vjp(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& h, at::IntArrayRef ls, bool normalize,
+                int64_t normalization, const at::Tensor& a, const at::Tensor& b, const at::Tensor& src,
+                const at::Tensor& coef, const at::Tensor& grad_x, const at::Tensor& grad_grad) {
+  dispatch(SHKernel::kVjpVjp, "nffk_C::sh_vjp_vjp", x, grad, h, ls, normalize, normalization, a, b, src, coef, grad_x,
+           grad_grad);
+}
+
+}  // namespace nffk::cpu

@@ -1,0 +1,211 @@
+"""The cpu backend of the tensor product against the reference: every kernel, every derivative order,
+both dtypes, shared and per-element weights, poisoned outputs, thread counts and misuse."""
+import pytest
+import torch
+
+from nffk import _ext, backends
+from nffk.ops.tensor_product import KERNELS, TensorProductPlan, implemented_backends, tensor_product
+from nffk.testing import poisoned_outputs, random_tensor_product
+
+pytestmark = pytest.mark.skipif(not _ext.loaded(), reason="the compiled extension is not built")
+
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
+BATCHES = (0, 1, 3, 16, 17, 40)
+
+
+def make_plan(config):
+    return TensorProductPlan(config.irreps_in1, config.irreps_in2, config.irreps_out, config.instructions,
+                             **config.options)
+
+
+def relative_error(got, expected):
+    assert got.shape == expected.shape
+    if expected.numel() == 0:
+        return 0.0
+    assert torch.isfinite(got).all(), "non-finite (unwritten?) output"
+    return ((got.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-300)).item()
+
+
+def random_configs(gen, count, **kwargs):
+    """Random uvu/uvw plans; every third one with large multiplicities (several SIMD chunks and tiles)."""
+    for k in range(count):
+        big = k % 3 == 0
+        yield random_tensor_product(gen, modes=("uvu", "uvw"), lmax=3, max_mul=33 if big else 5,
+                                    max_paths=3 if big else 6, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shared", [False, True])
+def test_every_kernel_matches_the_reference(dtype, shared, seeded):
+    reference, cpu = KERNELS["reference"], KERNELS["cpu"]
+    for config in random_configs(seeded, 12):
+        plan = make_plan(config)
+        batch = BATCHES[int(torch.randint(len(BATCHES) - (2 if plan.dim_in1 > 100 else 0), (), generator=seeded))]
+        x1, x2, g = (torch.randn(batch, d, dtype=torch.float64, generator=seeded)
+                     for d in (plan.dim_in1, plan.dim_in2, plan.dim_out))
+        w = torch.randn(*(() if shared else (batch,)), plan.weight_numel, dtype=torch.float64, generator=seeded)
+        # The reference runs in float64 on the same (rounded) inputs: the error is the kernel's alone.
+        x1, x2, g, w = (t.to(dtype).double() for t in (x1, x2, g, w))
+        low = lambda t: t.to(dtype)  # noqa: E731
+        for only in (False, True):
+            with poisoned_outputs():
+                got = [cpu.forward(plan, low(x1), low(x2), low(w), only),
+                       cpu.vjp_x1(plan, low(g), low(x2), low(w), only),
+                       cpu.vjp_x2(plan, low(x1), low(g), low(w), only),
+                       cpu.vjp_w(plan, low(x1), low(x2), low(g), shared)]
+            expected = [reference.forward(plan, x1, x2, w, only), reference.vjp_x1(plan, g, x2, w, only),
+                        reference.vjp_x2(plan, x1, g, w, only), reference.vjp_w(plan, x1, x2, g, shared)]
+            for name, a, b in zip(("forward", "vjp_x1", "vjp_x2", "vjp_w"), got, expected):
+                assert a.dtype == dtype
+                assert relative_error(a, b) <= TOLERANCE[dtype], (name, only, batch, config)
+
+
+def test_backward_and_force_pattern_through_the_public_op(seeded):
+    """Autograd through tensor_product(..., backend="cpu"): gradients of every input, and the
+    force-training pattern (gradient w.r.t. x2 with create_graph, a loss on it, backward)."""
+    for config in random_configs(seeded, 6):
+        plan = make_plan(config)
+        shared = bool(torch.randint(2, (), generator=seeded))
+        inputs = [torch.randn(7, d, dtype=torch.float64, generator=seeded) for d in (plan.dim_in1, plan.dim_in2)]
+        inputs.append(torch.randn(*(() if shared else (7,)), plan.weight_numel, dtype=torch.float64, generator=seeded))
+        results = {}
+        for backend in ("reference", "cpu"):
+            x1, x2, w = (t.clone().requires_grad_() for t in inputs)
+            with poisoned_outputs():
+                energy = tensor_product(x1, x2, w, plan, backend=backend).pow(2).sum()
+                (force,) = torch.autograd.grad(energy, x2, create_graph=True)
+                loss = force.pow(2).sum() + energy
+                loss.backward()
+            results[backend] = [energy.detach(), force.detach(), x1.grad, x2.grad, w.grad]
+        for a, b in zip(results["cpu"], results["reference"]):
+            assert relative_error(a, b) <= 1e-11, config
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_gradcheck_and_gradgradcheck(shared, seeded):
+    for config in random_configs(seeded, 3):
+        config = random_tensor_product(seeded, modes=("uvu", "uvw"), lmax=2, max_mul=2, max_paths=3)
+        plan = make_plan(config)
+        inputs = [torch.randn(3, d, dtype=torch.float64, generator=seeded, requires_grad=True)
+                  for d in (plan.dim_in1, plan.dim_in2)]
+        inputs.append(torch.randn(*(() if shared else (3,)), plan.weight_numel, dtype=torch.float64,
+                                  generator=seeded, requires_grad=True))
+        fn = lambda a, b, c: tensor_product(a, b, c, plan, backend="cpu")  # noqa: E731
+        assert torch.autograd.gradcheck(fn, inputs), config
+        assert torch.autograd.gradgradcheck(fn, inputs), config
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_results_do_not_depend_on_the_thread_count(dtype, seeded):
+    """Bitwise: elements are independent and shared-weight gradients are summed over fixed element
+    blocks in a fixed order."""
+    config = random_tensor_product(seeded, modes=("uvu", "uvw"), lmax=3, max_mul=24, max_paths=5)
+    plan = make_plan(config)
+    batch = 300
+    x1, x2, g = (torch.randn(batch, d, dtype=dtype, generator=seeded) for d in (plan.dim_in1, plan.dim_in2,
+                                                                                plan.dim_out))
+    w = torch.randn(batch, plan.weight_numel, dtype=dtype, generator=seeded)
+    cpu = KERNELS["cpu"]
+    previous = torch.get_num_threads()
+    outputs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outputs.append([cpu.forward(plan, x1, x2, w, False), cpu.vjp_x1(plan, g, x2, w, False),
+                            cpu.vjp_x2(plan, x1, g, w[0], False), cpu.vjp_w(plan, x1, x2, g, False),
+                            cpu.vjp_w(plan, x1, x2, g, True)])
+    finally:
+        torch.set_num_threads(previous)
+    for other in outputs[1:]:
+        for a, b in zip(outputs[0], other):
+            assert torch.equal(a, b)
+
+
+def test_poisoning_hook_poisons():
+    """The test hook itself: inside poisoned_outputs() kernel buffers start as NaN."""
+    from nffk.ops import _outputs
+
+    like = torch.zeros(1)
+    with poisoned_outputs():
+        assert torch.isnan(_outputs.new((3, 2), like)).all()
+    assert _outputs.new((0,), like).numel() == 0
+
+
+def test_auto_picks_cpu_for_cpu_tensors_and_supported_plans():
+    plan = TensorProductPlan("2x0e+2x1o", "0e+1o", "2x0e+2x1o", [(0, 0, 0, "uvu", True), (1, 0, 1, "uvw", True)])
+    assert backends.resolve("tensor_product", "auto", torch.device("cpu"),
+                            implemented_backends(plan, torch.float32)) == "cpu"
+    # Modes the cpu backend does not implement and dtypes it does not compute in go to the reference.
+    uvv = TensorProductPlan("2x0e", "3x0e", "3x0e", [(0, 0, 0, "uvv", True)])
+    assert "cpu" not in implemented_backends(uvv)
+    assert "cpu" not in implemented_backends(plan, torch.float16)
+    out = tensor_product(torch.randn(2, 2, dtype=torch.float16), torch.randn(2, 3, dtype=torch.float16),
+                         torch.randn(uvv.weight_numel, dtype=torch.float16), uvv)
+    assert out.dtype == torch.float16
+
+
+class TestMisuse:
+    plan = TensorProductPlan("3x0e+2x1o", "0e+1o", "3x0e+2x1o+2x1e",
+                             [(0, 0, 0, "uvu", True), (1, 0, 1, "uvu", True), (1, 1, 2, "uvw", True)])
+
+    def inputs(self, batch=4, dtype=torch.float32):
+        return (torch.randn(batch, self.plan.dim_in1, dtype=dtype), torch.randn(batch, self.plan.dim_in2, dtype=dtype),
+                torch.randn(batch, self.plan.weight_numel, dtype=dtype))
+
+    def test_non_contiguous_inputs_are_handled(self):
+        _, _, w = self.inputs(6)
+        x1 = torch.randn(6, 2 * self.plan.dim_in1)[:, ::2]  # strided views
+        x2 = torch.randn(self.plan.dim_in2, 6).t()
+        assert not x1.is_contiguous() and not x2.is_contiguous()
+        expected = tensor_product(x1.contiguous(), x2.contiguous(), w, self.plan, backend="reference")
+        assert relative_error(tensor_product(x1, x2, w, self.plan, backend="cpu"), expected.double()) <= 1e-5
+        # Gradients reaching the kernels non-contiguous (the expanded ones of .sum()) are handled too.
+        grads = []
+        for backend in ("cpu", "reference"):
+            leaf = x1.detach().clone().requires_grad_()
+            tensor_product(leaf, x2, w, self.plan, backend=backend).sum().backward()
+            grads.append(leaf.grad)
+        assert relative_error(grads[0], grads[1].double()) <= 1e-5
+
+    def test_wrong_dtypes_and_shapes_are_value_errors(self):
+        x1, x2, w = self.inputs()
+        with pytest.raises(ValueError, match="one dtype"):
+            tensor_product(x1, x2.double(), w, self.plan, backend="cpu")
+        with pytest.raises(ValueError, match="weight must match"):
+            tensor_product(x1, x2, w.double(), self.plan, backend="cpu")
+        with pytest.raises(ValueError, match="x1 must have shape"):
+            tensor_product(x1[:, 1:], x2, w, self.plan, backend="cpu")
+        with pytest.raises(ValueError, match="weight must have shape"):
+            tensor_product(x1, x2, w[:, 1:], self.plan, backend="cpu")
+
+    def test_unsupported_dtype_or_mode_asked_by_name_says_why(self):
+        x1, x2, w = self.inputs(dtype=torch.float16)
+        with pytest.raises(backends.BackendUnavailable, match="float32, float64, got torch.float16"):
+            tensor_product(x1, x2, w, self.plan, backend="cpu")
+        uvv = TensorProductPlan("2x0e", "3x0e", "3x0e", [(0, 0, 0, "uvv", True)])
+        with pytest.raises(backends.BackendUnavailable, match="no 'cpu' implementation"):
+            tensor_product(torch.randn(2, 2), torch.randn(2, 3), torch.randn(6), uvv, backend="cpu")
+
+    def test_the_compiled_ops_reject_what_would_read_out_of_bounds(self):
+        x1, x2, w = self.inputs()
+        tables = self.plan.kernel_tables("cpu", torch.float32)
+        args = [tables["paths"], tables["coefficients"], tables["cg_index"], tables["cg_value"]]
+        out = torch.empty(4, self.plan.dim_out)
+        op = torch.ops.nffk_C.tp_forward
+        op(x1, x2, w, *args, False, out)  # well-formed call
+        with pytest.raises(RuntimeError, match="dtype"):
+            op(x1.double(), x2, w, *args, False, out)
+        with pytest.raises(RuntimeError, match="contiguous"):
+            op(torch.randn(self.plan.dim_in1, 4).t(), x2, w, *args, False, out)
+        with pytest.raises(RuntimeError, match="reaches past"):
+            op(x1[:, :-1].contiguous(), x2, w, *args, False, out)
+        with pytest.raises(RuntimeError, match="rows for a batch"):
+            op(x1, x2, w[:3].contiguous(), *args, False, out)
+        bad_index = tables["cg_index"].clone()
+        bad_index[0, 0] = 99
+        with pytest.raises(RuntimeError, match="out of range"):
+            op(x1, x2, w, args[0], args[1], bad_index, args[3], False, out)
+        bad_paths = tables["paths"].clone()
+        bad_paths[0, 0] = 2  # uvv
+        with pytest.raises(RuntimeError, match="does not implement"):
+            op(x1, x2, w, bad_paths, *args[1:], False, out)
