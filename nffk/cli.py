@@ -8,6 +8,7 @@ import sys
 SUBCOMMANDS = {
     "info": ("nffk.cli_info", "show the installed backends, threads and versions"),
     "data": ("nffk.data.cli", "generate, import or describe a dataset (generate | import | info)"),
+    "train": ("nffk.train.cli", "train one model (one pass, validation at log-spaced steps, resumable)"),
     "report": ("nffk.scaling.cli_report", "fit scaling laws to sweep results and write a report with plots"),
 }
 
