@@ -7,7 +7,7 @@ from nffk.models import ARCHITECTURES, FORCE_MODES
 
 # Learning rates tuned at each architecture's base width (ForceFieldModel.base_width) on the
 # default QM9-xTB data (see README, "Training"); muP carries them to every width.
-DEFAULT_LR = {"MPNN": 3e-2, "EGNN": 3e-2, "Equivariant": 3e-2}
+DEFAULT_LR = {"MPNN": 3e-2, "EGNN": 1e-1, "Equivariant": 1e-1}
 DTYPES = ("float32", "float64")
 
 
@@ -74,7 +74,9 @@ class TrainConfig:
             raise ValueError(f"unknown training settings {unknown} (known: {sorted(known)})")
         return cls(**data)
 
-    # What a resumed run must share with the run it resumes (everything but where it runs).
     def identity(self) -> dict:
-        return {k: v for k, v in self.as_dict().items() if k not in ("device", "num_workers", "threads",
+        """What a resumed run must share with the run it resumes: everything but where it runs,
+        with the learning rate resolved (a changed default must not pass unnoticed)."""
+        kept = {k: v for k, v in self.as_dict().items() if k not in ("device", "num_workers", "threads",
                                                                      "checkpoint_seconds")}
+        return {**kept, "lr": self.learning_rate}
