@@ -29,14 +29,15 @@ def rotated(R, shift):
 
 
 def symmetry_errors(model, structures, R, shift):
-    """Largest |E(Rx + t) - E(x)| and |F(Rx + t) - R F(x)|, relative to the typical size."""
+    """Largest |E(Rx + t) - E(x)| per atom in the model's energy unit and |F(Rx + t) - R F(x)|
+    relative to the largest force."""
     model.eval()
     with torch.no_grad():  # (conservative models still differentiate inside)
         before = model(batch_of(structures))
         after = model(batch_of(structures, rotated(R, shift)))
-    energy_scale = before["energy"].abs().max()
+    atoms = torch.tensor([len(s.numbers) for s in structures], dtype=torch.float64)
     force_scale = before["forces"].norm(dim=-1).max()
-    energy = float((after["energy"] - before["energy"]).abs().max() / energy_scale)
+    energy = float(((after["energy"] - before["energy"]).abs() / atoms).max() / model.energy_scale)
     forces = float((after["forces"] - before["forces"] @ R.T).norm(dim=-1).max() / force_scale)
     return energy, forces
 
@@ -48,14 +49,14 @@ def test_energy_invariant_and_forces_rotate(arch, lmax, forces):
     structures = toy_structures(2, seed=1, max_atoms=5)
     for R in (o3.rand_matrix(dtype=torch.float64), -o3.rand_matrix(dtype=torch.float64)):  # rotations, reflections
         energy, force = symmetry_errors(model, structures, R, shift=[0.3, -1.2, 2.0])
-        assert energy < 1e-12 and force < 1e-10, (energy, force)
+        assert energy < 1e-10 and force < 1e-10, (energy, force)
 
 
 def test_higher_lmax_is_equivariant_too():
     model = make("Equivariant", 4, width=2)
     energy, force = symmetry_errors(model, toy_structures(1, seed=6, max_atoms=4), -o3.rand_matrix(dtype=torch.float64),
                                     shift=[1.0, 0.0, -0.5])
-    assert energy < 1e-12 and force < 1e-10, (energy, force)
+    assert energy < 1e-10 and force < 1e-10, (energy, force)
 
 
 def test_mpnn_is_not_equivariant_but_translation_invariant():
@@ -63,11 +64,11 @@ def test_mpnn_is_not_equivariant_but_translation_invariant():
     structures = toy_structures(3, seed=1)
     identity = torch.eye(3, dtype=torch.float64)
     energy, force = symmetry_errors(model, structures, identity, shift=[0.3, -1.2, 2.0])
-    assert energy < 1e-12 and force < 1e-12  # sees only relative vectors
+    assert energy < 1e-10 and force < 1e-10  # sees only relative vectors
     energy, force = symmetry_errors(model, structures, o3.rand_matrix(dtype=torch.float64), shift=[0, 0, 0])
     # nothing in the MPNN ties a rotated input to a rotated output: errors are of order one
     # (python bench/bench_models.py reports them), far above the float64 round-off of the others
-    assert energy > 1e-6 and force > 1e-3, (energy, force)
+    assert energy > 1e-3 and force > 1e-2, (energy, force)
 
 
 @pytest.mark.parametrize("arch, lmax", [("MPNN", None), ("EGNN", None), ("Equivariant", 1)])
