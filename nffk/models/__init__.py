@@ -2,9 +2,9 @@
 
 | model | symmetry | tensor order | depth | parameters (width w) |
 | --- | --- | --- | --- | --- |
-| `MPNN` | none built in (sees raw relative vectors) | 0 | 3 | ~21 w^2 |
-| `EGNN` | E(3), Cartesian vector channels | 1 | 3 | ~20 w^2 |
-| `Equivariant(lmax)` | E(3), irreps up to lmax (NequIP-style) | lmax | 3 | grows with w^2 and lmax |
+| `MPNN` | none built in (sees raw relative vectors) | 0 | 3 | 18 w^2 + O(w) |
+| `EGNN` | E(3), Cartesian vector channels | 1 | 3 | ~22 w^2 (w/4 vector channels) |
+| `Equivariant(lmax)` | E(3), irreps up to lmax (NequIP-style) | lmax | 3 | ~w^2 x (paths of the edge TP) + radial MLP |
 
 `build_model(arch, width, lmax=None, **options)` builds one by name; options are those of
 `ForceFieldModel` (elements, cutoff, statistics, reference_energies, forces, ...).

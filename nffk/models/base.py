@@ -12,8 +12,9 @@ The base class turns them into
 
 where e_ref are the per-element reference energies and the scales the training statistics of
 the dataset (as in the study: energies minus references, divided by the training RMS), and
-r = base_width / width is the muP readout factor: readouts divide by the width multiplier, so
-the learning rate tuned at `base_width` transfers to every width (see `nffk.train.optim`).
+r = sqrt(base_width / width) is the muP readout factor (the study's 1 / width multiplier,
+written for nffk's unit-variance parametrisation; see `nffk.train.optim`), so the learning
+rate tuned at `base_width` transfers to every width.
 
 Width is the one size knob; depth is fixed per architecture (`depth`). `config` holds every
 constructor argument (JSON-able), so a model can be rebuilt from a checkpoint.
@@ -33,7 +34,7 @@ FORCE_MODES = ("direct", "conservative")
 class ForceFieldModel(torch.nn.Module):
     arch = "?"
     depth = 0
-    base_width = 32  # width at which the learning rate is tuned; readouts scale by base_width / width
+    base_width = 32  # width at which the learning rate is tuned; readouts scale by sqrt(base_width / width)
 
     def __init__(self, width: int, *, elements, cutoff: float = 5.0, num_basis: int = 8,
                  avg_num_neighbors: float = 1.0, forces: str = "direct", statistics: dict | None = None,
@@ -102,7 +103,7 @@ class ForceFieldModel(torch.nn.Module):
             lengths = vectors.norm(dim=-1)
             graph = ConvGraph.build(batch.senders, batch.receivers, positions.shape[0], check=False)
             node_energy, node_forces = self.atomic(species, vectors, lengths, graph)
-            readout = 1.0 / self.width_multiplier
+            readout = self.width_multiplier ** -0.5
             node_energy = node_energy * (self.energy_scale * readout) + self.energy_shift
             energy = segment_sum(node_energy.unsqueeze(-1), batch.ptr)[:, 0]
             if conservative:

@@ -8,7 +8,7 @@ the symmetry from data. Each of the `depth` = 3 layers:
     h_i <- h_i + MLP_h([h_i, sum_j m_ij / sqrt(avg_num_neighbors)])
 
 with two-layer SiLU MLPs of width `width`. Readouts: energy ẽ_i = w_E . h_i and a direct force
-head f̃_i = W_F h_i (three unconstrained outputs). Parameters grow as ~21 width^2.
+head f̃_i = W_F h_i (three unconstrained outputs). Parameters: 18 width^2 + O(width).
 """
 from __future__ import annotations
 

@@ -1,16 +1,22 @@
 """Schedule-free AdamW with width transfer of the learning rate in the spirit of muP.
 
-A parameter is *matrix-like* when both its fan-in and its fan-out grow with the width (its size
-grows with width^2); its learning rate is lr / m, with m = width / base_width the width
-multiplier. Every other parameter (embeddings of species, biases, radial MLPs whose inputs are
-a fixed basis, readouts) keeps lr. Readouts divide their output by m (done by the models, see
-`nffk.models.base`). With unit-variance initialisation and 1/sqrt(fan_in) in the forward pass,
-this makes the update size of every layer independent of the width, so one learning rate tuned
-at `base_width` serves all widths.
+The study (in the standard parametrisation, weights initialised with variance 1/fan_in) divides
+the learning rate of matrix-like parameters by the width multiplier m = width / base_width and
+divides readouts by m. nffk's layers use e3nn's parametrisation instead: weights are initialised
+with unit variance and the forward pass divides by sqrt(fan_in). The same muP scalings of the
+*effective* weights (updates of hidden matrices ~ 1/fan_in, readouts initialised ~ 1/fan_in^2
+and updated ~ 1/fan_in, input weights and biases unchanged) then read:
 
-The roles are found by building the same model at twice the width and comparing each
-parameter's size (x4: matrix-like, x2: vector-like, x1: fixed), so any model with a `config`
-(and a width knob) gets them without annotations.
+- matrix-like parameters (fan-in and fan-out both grow with the width): lr / sqrt(m);
+- readouts: output multiplied by 1 / sqrt(m) in the forward pass (done by the models, see
+  `nffk.models.base`), learning rate unchanged;
+- every other parameter (species embeddings, biases, radial MLPs whose inputs are a fixed
+  basis): lr unchanged.
+
+So one learning rate tuned at `base_width` serves all widths. The roles are found by building
+the same model at twice the width and comparing each parameter's size (x4: matrix-like, x2:
+vector-like, x1: fixed), so any model with a `config` (and a width knob) gets them without
+annotations.
 """
 from __future__ import annotations
 
@@ -37,7 +43,7 @@ def parameter_roles(model) -> dict[str, str]:
 
 def make_optimizer(model, lr: float, *, warmup_steps: int = 0, weight_decay: float = 0.0,
                    betas=(0.9, 0.999), mup: bool = True):
-    """Schedule-free AdamW over the model's parameters, matrix-like ones at lr / width_multiplier."""
+    """Schedule-free AdamW over the model's parameters, matrix-like ones at lr / sqrt(width_multiplier)."""
     import schedulefree
 
     if not lr > 0:
@@ -48,7 +54,7 @@ def make_optimizer(model, lr: float, *, warmup_steps: int = 0, weight_decay: flo
     for role in ROLES:
         params = [p for name, p in model.named_parameters() if roles[name] == role]
         if params:
-            scale = 1.0 / multiplier if role == "matrix" else 1.0
+            scale = multiplier ** -0.5 if role == "matrix" else 1.0
             groups.append({"params": params, "lr": lr * scale, "role": role})
     return schedulefree.AdamWScheduleFree(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay,
                                           warmup_steps=int(warmup_steps))
