@@ -4,7 +4,7 @@ Atoms carry scalars h_i [width] and C = max(1, width // 4) vector channels v_i [
 `depth` = 3 layers builds invariant messages from scalars, distances and projections of the
 vectors on the edge direction r̂_ij, then updates both:
 
-    m_ij  = MLP_m([h_i, h_j, radial(|r_ij|), v_i . r̂_ij, v_j . r̂_ij]) * u(|r_ij|)
+    m_ij  = MLP_m([h_i, h_j, v_i . r̂_ij, v_j . r̂_ij] ; radial(|r_ij|)) * u(|r_ij|)
     a_ij, b_ij = W_v m_ij                               (2C invariant coefficients)
     v_i  <- v_i + mix( sum_j (r̂_ij a_ij + v_j b_ij) / sqrt(avg_num_neighbors) )
     h_i  <- h_i + MLP_h([h_i, sum_j m_ij / sqrt(avg_num_neighbors), |v_i|^2])
@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from nffk.models.base import ForceFieldModel
+from nffk.models.layers import MessageMLP
 from nffk.nn import DenseLayer, FullyConnectedNet, Linear, RadialEmbedding
 from nffk.ops import segment_sum
 
@@ -35,8 +36,7 @@ class EGNN(ForceFieldModel):
         self.channels = c = max(1, width // 4)
         self.embedding = Linear(f"{self.num_species}x0e", f"{w}x0e")
         self.radial = RadialEmbedding(self.cutoff, nb)
-        self.messages = torch.nn.ModuleList(
-            FullyConnectedNet([2 * w + nb + 2 * c, w, w], SILU, out_act=True, bias=True) for _ in range(self.depth))
+        self.messages = torch.nn.ModuleList(MessageMLP(2 * w + 2 * c, nb, w) for _ in range(self.depth))
         self.coefficients = torch.nn.ModuleList(DenseLayer(w, 2 * c) for _ in range(self.depth))
         self.mixes = torch.nn.ModuleList(DenseLayer(c, c) for _ in range(self.depth))
         self.updates = torch.nn.ModuleList(
@@ -57,7 +57,7 @@ class EGNN(ForceFieldModel):
             v_send = v[senders]
             projections = [torch.einsum("ex,exc->ec", direction, v[receivers]),
                            torch.einsum("ex,exc->ec", direction, v_send)]
-            m = message(torch.cat([h[receivers], h[senders], radial, *projections], dim=-1)) * envelope
+            m = message(torch.cat([h[receivers], h[senders], *projections], dim=-1), radial) * envelope
             a, b = coefficient(m).split(c, dim=-1)
             vector_messages = direction.unsqueeze(-1) * a.unsqueeze(1) + v_send * b.unsqueeze(1)  # [E, 3, C]
             summed = segment_sum(vector_messages.reshape(-1, 3 * c), ptr).reshape(-1, 3, c) * norm

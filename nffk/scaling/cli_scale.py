@@ -9,7 +9,8 @@ budgets), report with the fitted exponents.
     nffk scale --merge runs/large-shard*of8 --out runs/large   # ... then merge and report
 
 Every run is one pass over the training data with validation at log-spaced steps, so each run
-gives many (N, D, C, loss) points. Rerunning the same command resumes: finished runs are
+gives many (N, D, C, loss) points. Runs start from the most expensive (the last architecture of
+the grid, widest first), so parallel workers finish together. Rerunning the same command resumes: finished runs are
 skipped, an interrupted run continues from its checkpoint; results are never overwritten.
 """
 from __future__ import annotations
@@ -141,7 +142,7 @@ def _run(args, console) -> int:
     trainer = SweepTrainer(data, device=device, threads=threads, progress=workers == 1)
     start = time.perf_counter()
     try:
-        sweep.run(trainer, shard=shard, workers=workers, on_error="continue")
+        sweep.run(trainer, shard=shard, workers=workers, on_error="continue", order=longest_first(specs))
     finally:
         timings["training"] = time.perf_counter() - start
         sweep.record_timing("training", timings["training"])
@@ -159,6 +160,15 @@ def _run(args, console) -> int:
         return 1 if failed else 0
     code = _report(out, preset, console, timings, started, sweep)
     return code or (1 if failed else 0)
+
+
+def longest_first(specs) -> list[str]:
+    """Run ids from the (probably) longest run to the shortest, so that parallel workers finish
+    together: grids list architectures from the cheapest to the most expensive (as the presets
+    do), and within one architecture a wider model or a larger data budget costs more."""
+    labels = list(dict.fromkeys(s.label for s in specs))
+    cost = {s.run_id: (labels.index(s.label), s.data_budget or float("inf"), s.width) for s in specs}
+    return sorted(cost, key=cost.get, reverse=True)
 
 
 def _dataset(data, preset, console) -> Path:

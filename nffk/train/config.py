@@ -7,7 +7,7 @@ from nffk.models import ARCHITECTURES, FORCE_MODES
 
 # Learning rates tuned at each architecture's base width (ForceFieldModel.base_width) on the
 # default QM9-xTB data (see README, "Training"); muP carries them to every width.
-DEFAULT_LR = {"MPNN": 3e-2, "EGNN": 1e-1, "Equivariant": 1e-1}
+DEFAULT_LR = {"MPNN": 1e-1, "EGNN": 1e-1, "Equivariant": 1e-1}
 DTYPES = ("float32", "float64")
 
 

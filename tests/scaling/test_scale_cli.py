@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from nffk.scaling.cli_scale import longest_first
 from nffk.scaling.presets import PRESETS, grid_for, grid_from_json, parse_architecture
 from nffk.scaling.runlog import read_metrics
 from nffk.scaling.sweep import Sweep
@@ -92,6 +93,11 @@ def test_presets_and_grids(tmp_path):
     for label in labels:
         assert len([s for s in default if s.label == label]) >= 4
     assert all(s.options["lr"] > 0 and s.options["batch_size"] == 16 for s in default)
+    order = longest_first(default)  # widest model of the last (most expensive) architecture first
+    by_id = {s.run_id: s for s in default}
+    assert sorted(order) == sorted(by_id)
+    assert (by_id[order[0]].label, by_id[order[0]].width) == ("Equivariant-lmax2", 16)
+    assert (by_id[order[-1]].label, by_id[order[-1]].width) == ("MPNN", 16)
     specs = grid_for(PRESETS["default"], archs=["Equivariant-lmax3", "MPNN"], widths=[4, 8],
                      data_budgets=[1000, 2000], options={"forces": "conservative"})
     assert len(specs) == 8 and all(s.options["forces"] == "conservative" for s in specs)
@@ -119,3 +125,27 @@ def test_bad_arguments_are_reported(tmp_path, capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
     assert main(["scale", "--preset", "smoke", "--set", "colour=red"]) == 2
     assert "colour" in capsys.readouterr().err
+
+
+def test_shards_then_merge_then_report(tmp_path, capsys):
+    from nffk.cli import main
+    from nffk.testing import toy_dataset
+
+    data = toy_dataset(tmp_path / "toy", num_structures=64)
+    common = ["scale", "--archs", "MPNN", "EGNN", "--widths", "2", "4", "--data", str(data), "--workers", "1",
+              "--set", "batch_size=8", "n_evals=3", "val_structures=8", "cutoff=3.0"]
+    for k in (1, 2):
+        assert main(common + ["--shard", f"{k}/2", "--out", str(tmp_path / f"shard{k}")]) == 0
+    assert "when every shard is done" in capsys.readouterr().err
+    shard_runs = [sorted(p.name for p in (tmp_path / f"shard{k}" / "runs").iterdir()) for k in (1, 2)]
+    assert len(shard_runs[0]) == len(shard_runs[1]) == 2 and not set(shard_runs[0]) & set(shard_runs[1])
+    assert main(["scale", "--merge", str(tmp_path / "shard1"), str(tmp_path / "shard2"),
+                 "--out", str(tmp_path / "merged")]) == 0
+    captured = capsys.readouterr()
+    assert "MPNN" in captured.out and "EGNN" in captured.out
+    report = json.loads((tmp_path / "merged" / "report" / "report.json").read_text())
+    assert report["n_runs"] == 4 and set(report["architectures"]) == {"MPNN", "EGNN"}
+    # the same shard again: everything is done, nothing is trained twice
+    before = (tmp_path / "shard1" / "runs" / shard_runs[0][0] / "run.json").read_text()
+    assert main(common + ["--shard", "1/2", "--out", str(tmp_path / "shard1")]) == 0
+    assert (tmp_path / "shard1" / "runs" / shard_runs[0][0] / "run.json").read_text() == before

@@ -111,8 +111,8 @@ def test_mup_roles_and_learning_rates():
     model = build_model("EGNN", 64, elements=TOY_ELEMENTS)  # base width 32: multiplier 2
     roles = parameter_roles(model)
     assert roles["embedding.weight"] == "vector"  # species (fixed) -> width
-    assert roles["messages.0.layer1.weight"] == "matrix"  # width -> width
-    assert roles["messages.0.layer0.bias"] == "vector"
+    assert roles["messages.0.out.weight"] == "matrix"  # width -> width
+    assert roles["messages.0.node_in.bias"] == "vector" and roles["messages.0.edge_in.weight"] == "vector"
     assert roles["energy_head.weight"] == "vector"  # width -> 1: a readout, scaled in the forward pass
     assert roles["radial.basis.wavenumbers"] == "fixed"
     optimizer = make_optimizer(model, 1e-2)
