@@ -8,6 +8,8 @@ import sys
 SUBCOMMANDS = {
     "info": ("nffk.cli_info", "show the installed backends, threads and versions"),
     "data": ("nffk.data.cli", "generate, import or describe a dataset (generate | import | info)"),
+    "train": ("nffk.train.cli", "train one model (one pass, validation at log-spaced steps, resumable)"),
+    "scale": ("nffk.scaling.cli_scale", "run a scaling study end to end: dataset, sweep, report (resumable)"),
     "report": ("nffk.scaling.cli_report", "fit scaling laws to sweep results and write a report with plots"),
     "bench": ("nffk.bench.cli", "time nffk's kernels against the installed peers and the machine's floors"),
 }

@@ -99,3 +99,59 @@ def poisoned_outputs():
         yield
     finally:
         _outputs.set_poison(previous)
+
+# ---------------------------------------------------------------------------------------------
+# A toy force-field dataset: small random molecules under a Morse pair potential, exact forces.
+# ---------------------------------------------------------------------------------------------
+TOY_ELEMENTS = (1, 6, 8)
+
+
+def toy_structures(num_structures: int, seed: int = 0, min_atoms: int = 3, max_atoms: int = 7,
+                   conformers: int = 2) -> list:
+    """`Structure`s of random H/C/O clusters (atoms at least 0.9 Å apart) with the energy and
+    forces of a Morse pair potential (D = 0.5 eV, a = 1.5 / Å, r0 = 1.1-1.5 Å by element pair)
+    plus -10 Z eV per atom; `conformers` consecutive structures share a molecule id and a
+    composition. Deterministic from `seed`; float64 labels from torch autograd."""
+    import numpy as np
+
+    from nffk.data.structure import Structure
+
+    rng = np.random.default_rng(seed)
+    structures = []
+    for s in range(num_structures):
+        if s % conformers == 0:
+            numbers = rng.choice(TOY_ELEMENTS, size=int(rng.integers(min_atoms, max_atoms + 1)))
+        positions = _spread_points(rng, len(numbers))
+        x = torch.tensor(positions, dtype=torch.float64, requires_grad=True)
+        energy = _morse_energy(x, torch.as_tensor(numbers)) - 10.0 * float(numbers.sum())
+        (gradient,) = torch.autograd.grad(energy, x)
+        structures.append(Structure(numbers=numbers.astype(np.int64), positions=positions, energy=float(energy.detach()),
+                                    forces=(-gradient).numpy(), molecule=s // conformers))
+    return structures
+
+
+def _spread_points(rng, n: int):
+    import numpy as np
+
+    points = []
+    while len(points) < n:
+        candidate = rng.uniform(-1.6, 1.6, size=3)
+        if all(np.linalg.norm(candidate - p) > 0.9 for p in points):
+            points.append(candidate)
+    return np.array(points, dtype=np.float64)
+
+
+def _morse_energy(x: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+    i, j = torch.triu_indices(len(numbers), len(numbers), offset=1)
+    r = (x[i] - x[j]).norm(dim=-1)
+    r0 = 1.1 + 0.05 * (numbers[i] + numbers[j]).to(torch.float64) / 2
+    decay = torch.exp(-1.5 * (r - r0))
+    return (0.5 * (decay * decay - 2 * decay)).sum()
+
+
+def toy_dataset(root, num_structures: int = 96, seed: int = 0, **options):
+    """A dataset folder (as `nffk.data.load_dataset` reads) of `toy_structures`; returns its path."""
+    from nffk.data import build_dataset
+
+    return build_dataset(toy_structures(num_structures, seed, **options), root, seed=seed,
+                         info={"source": "nffk.testing.toy_dataset (Morse pair potential)"}, overwrite=True)

@@ -1,14 +1,18 @@
 """Gated nonlinearity with e3nn's `nn.Gate` constructor and input/output layout."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from nffk.o3 import Irreps
 
 
+@functools.lru_cache(maxsize=None)
 def second_moment_constant(act) -> float:
     """1/sqrt(E[act(z)^2]) for z ~ N(0, 1), estimated exactly as e3nn does (10^6 float64 draws of a
-    generator seeded with 0), so normalised activations give e3nn's outputs bit for bit."""
+    generator seeded with 0), so normalised activations give e3nn's outputs bit for bit.
+    Cached per activation: models build many gates and MLPs with the same few activations."""
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(1_000_000, generator=generator, dtype=torch.float64)
     with torch.no_grad():

@@ -304,7 +304,7 @@ class Sweep:
         return shard_specs(self.specs, k, n)
 
     def run(self, train_fn, *, shard=None, retry_failed: bool = True, on_error: str = "raise",
-            workers: int = 1, verbose: bool = True) -> list[str]:
+            workers: int = 1, verbose: bool = True, order=None) -> list[str]:
         """Call `train_fn(spec, run_dir)` for every run of this sweep (or of `shard`, 'k/n' or
         (k, n)) that is not done and not owned by another process; returns the run ids finished here.
 
@@ -312,6 +312,8 @@ class Sweep:
         metrics.jsonl, and may return a JSON-able dict stored as run.json's "result".
         on_error: "raise" (stop at the first failure) or "continue" (mark it failed, go on).
         workers > 1 starts that many processes (train_fn must be picklable) over the same runs.
+        order: run ids in the order to start them (e.g. the longest first, so that parallel
+        workers finish together); runs it leaves out follow in grid order. Default: grid order.
         """
         if on_error not in ("raise", "continue"):
             raise ValueError(f"on_error must be 'raise' or 'continue', got {on_error!r}")
@@ -320,8 +322,11 @@ class Sweep:
         if isinstance(shard, str):
             shard = parse_shard(shard)
         specs = self.shard(*shard) if shard is not None else self.specs
+        if order is not None:
+            rank = {run_id: k for k, run_id in enumerate(order)}
+            specs = sorted(specs, key=lambda s: rank.get(s.run_id, len(rank)))  # stable: grid order otherwise
         if workers > 1:
-            return self._run_processes(train_fn, shard, retry_failed, on_error, workers, verbose)
+            return self._run_processes(train_fn, shard, retry_failed, on_error, workers, verbose, order)
         console = _console() if verbose else None
         finished = []
         for index, spec in enumerate(specs, start=1):
@@ -381,13 +386,13 @@ class Sweep:
         finally:
             lock.release()
 
-    def _run_processes(self, train_fn, shard, retry_failed, on_error, workers, verbose) -> list[str]:
+    def _run_processes(self, train_fn, shard, retry_failed, on_error, workers, verbose, order=None) -> list[str]:
         import multiprocessing
 
         before = {s.run_id for s in self.specs if self.status(s.run_id) == "done"}
         context = multiprocessing.get_context("spawn")  # fork after torch started threads can hang
         processes = [context.Process(target=_worker, args=(str(self.root), train_fn, shard, retry_failed,
-                                                           on_error, verbose)) for _ in range(workers)]
+                                                           on_error, verbose, order)) for _ in range(workers)]
         for process in processes:
             process.start()
         for process in processes:
@@ -399,8 +404,9 @@ class Sweep:
         return [s.run_id for s in self.specs if s.run_id not in before and self.status(s.run_id) == "done"]
 
 
-def _worker(root, train_fn, shard, retry_failed, on_error, verbose):
-    Sweep(root).run(train_fn, shard=shard, retry_failed=retry_failed, on_error=on_error, verbose=verbose)
+def _worker(root, train_fn, shard, retry_failed, on_error, verbose, order=None):
+    Sweep(root).run(train_fn, shard=shard, retry_failed=retry_failed, on_error=on_error, verbose=verbose,
+                    order=order)
 
 
 def _console():

@@ -118,6 +118,15 @@ def test_sweep_runs_everything_once_and_skips_finished_runs(tmp_path, reference)
     assert Sweep(tmp_path / "s").document()["meta"] == {"dataset": "synthetic"}
 
 
+def test_runs_start_in_the_order_given(tmp_path, reference):
+    order = [GRID[4].run_id, GRID[1].run_id]  # the others follow in grid order
+    sweep = Sweep(tmp_path / "s", GRID)
+    expected = order + [s.run_id for s in GRID if s.run_id not in order]
+    assert sweep.run(trainer(tmp_path), verbose=False, order=order) == expected
+    assert [run for _, run, _ in calls(tmp_path)] == expected
+    assert metrics_by_run(tmp_path / "s") == reference
+
+
 def test_a_different_grid_is_refused(tmp_path):
     Sweep(tmp_path / "s", GRID)
     with pytest.raises(ValueError, match="differs"):
