@@ -9,8 +9,9 @@ Cases: the tensor-product configs of bench_tensor_product.py (forward, forward+b
 fused conv of a NequIP-like layer (5,000 atoms x 30 neighbours), spherical harmonics
 l <= 2, 4, 6, 8 of 200,000 vectors, and the neighbour list of Cu fcc (4,000 and 16,384 atoms,
 cutoff 5 A). nffk's "cuda" backend (csrc/cuda) gets a row wherever the extension was built with
-CUDA (tensor product, conv, spherical harmonics). Peers appear where installed: e3nn, cuEquivariance (its CUDA kernels when
-cuequivariance_ops_torch imports, else it is skipped), OpenEquivariance, sphericart, vesin.
+CUDA (tensor product, conv, spherical harmonics). Peers appear where installed: e3nn,
+cuEquivariance (its CUDA kernels when cuequivariance_ops_torch imports, else it is skipped),
+OpenEquivariance, sphericart, vesin.
 Every time is the median of several runs with the device synchronised around each (timing.py);
 "floor" is max(bytes / HBM bandwidth, FLOPs / FP32 peak) on an H100 SXM (see NOTES.md).
 """

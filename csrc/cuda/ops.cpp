@@ -168,7 +168,8 @@ bool check_operands(const char* op, TPKernel kernel, const std::array<int64_t, 3
   check_cuda(op, "w", w, a);
   const bool shared = w.dim() == 1;
   TORCH_CHECK(w.scalar_type() == a.scalar_type() &&
-                  (shared ? w.size(0) == weight_numel : w.dim() == 2 && w.size(0) == edges && w.size(1) == weight_numel),
+                  (shared ? w.size(0) == weight_numel
+                          : w.dim() == 2 && w.size(0) == edges && w.size(1) == weight_numel),
               op, ": w must be [", weight_numel, "] or [", edges, ", ", weight_numel, "]");
   check_rows(op, "out", out, a, out_rows, width[2]);
   return shared;

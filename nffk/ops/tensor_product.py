@@ -486,9 +486,9 @@ def cuda_program(plan: TensorProductPlan, device, dtype) -> tuple:
     layout.update(dim1=plan.dim_in1, dim2=plan.dim_in2, dim_out=plan.dim_out, weight_numel=plan.weight_numel,
                   max_d=max([2 * max(p.l1, p.l2, p.l3) + 1 for p in kept], default=1))
     program = torch.tensor([v for part in parts for v in part], dtype=torch.int32)
-    plan._tables[key] = (program.to(device), [int(layout[name]) for name in CUDA_LAYOUT],
-                         torch.tensor(cg_value, dtype=torch.float64).to(device=device, dtype=dtype),
-                         torch.tensor([p.coefficient for p in kept], dtype=torch.float64).to(device=device, dtype=dtype))
+    values = lambda v: torch.tensor(v, dtype=torch.float64).to(device=device, dtype=dtype)  # noqa: E731
+    plan._tables[key] = (program.to(device), [int(layout[name]) for name in CUDA_LAYOUT], values(cg_value),
+                         values([p.coefficient for p in kept]))
     return plan._tables[key]
 
 
