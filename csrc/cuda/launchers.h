@@ -196,3 +196,38 @@ cudaError_t conv_vjp_w(const TPProgram<T>& program, const ConvGraph& graph, cons
                        index_t chunk, T* partial, cudaStream_t stream);
 
 }  // namespace nffk::cuda
+
+namespace nffk::cuda {
+
+// ---------------------------------------------------------------------------------------------
+// Neighbour list (csrc/cuda/neighbor_list.cu): the cell-list search of kernels/neighbor_list.py
+// (whose torch code bins the atoms and sorts the pairs), one thread per receiver. Tables as
+// documented there; every pointer is device memory.
+// ---------------------------------------------------------------------------------------------
+constexpr int32_t kNLParams = 13;  // per system: bins (3), reach (3), periodic (3), first bin,
+                                   // first entry of each axis' wrap table (3)
+
+struct NLSearch {
+  const double* wrapped;     // [atoms][3] positions wrapped into their cell
+  const index_t* system;     // [atoms] system of each atom
+  const index_t* bin3;       // [atoms][3] bin coordinates
+  const double* slot_x;      // [atoms] wrapped positions in bin order
+  const double* slot_y;
+  const double* slot_z;
+  const index_t* slot_atom;  // [atoms] atom in each slot
+  const index_t* bin_start;  // [bins + 1] first slot of each bin
+  const index_t* params;     // [systems][kNLParams]
+  const double* cells;       // [systems][9] binning cells (lattice vectors as rows)
+  const index_t* wrap_bin;   // wrap tables: bin coordinate -> (bin, image) per system and axis
+  const index_t* wrap_image;
+  double cutoff_sq;
+  index_t image_bias, image_width;  // image key of T = ((T0 + bias) * width + T1 + bias) * width + T2 + bias
+  bool self_interaction;
+};
+
+// offsets == nullptr: counts[i] = number of neighbours of receiver i. Otherwise receiver i writes
+// its neighbours (sender, image key), in visit order, at offsets[i], offsets[i] + 1, ...
+cudaError_t nl_search(const NLSearch& search, index_t atoms, const index_t* offsets, index_t* counts,
+                      index_t* senders, index_t* images, cudaStream_t stream);
+
+}  // namespace nffk::cuda

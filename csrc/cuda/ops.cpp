@@ -12,6 +12,8 @@
 #include <array>
 #include <cmath>
 #include <functional>
+#include <string>
+#include <utility>
 #include <tuple>
 
 #include "launchers.h"
@@ -274,6 +276,57 @@ void conv_cuda(int64_t kernel_id, const at::Tensor& a, const at::Tensor& b, cons
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// Neighbour list: the search of kernels/neighbor_list.py's cell list (count, or fill at offsets)
+// ---------------------------------------------------------------------------------------------
+void nl_search_cuda(const at::Tensor& wrapped, const at::Tensor& system, const at::Tensor& bin3,
+                    const at::Tensor& slot_x, const at::Tensor& slot_y, const at::Tensor& slot_z,
+                    const at::Tensor& slot_atom, const at::Tensor& bin_start, const at::Tensor& params,
+                    const at::Tensor& cells, const at::Tensor& wrap_bin, const at::Tensor& wrap_image, double cutoff_sq,
+                    int64_t image_bias, int64_t image_width, bool self_interaction, bool fill,
+                    const at::Tensor& offsets, const at::Tensor& counts, const at::Tensor& senders,
+                    const at::Tensor& images) {
+  const char* op = "nffk_C::nl_search_cuda";
+  const int64_t atoms = system.numel(), systems = cells.numel() / 9;
+  using Spec = std::tuple<const char*, const at::Tensor&, c10::ScalarType, int64_t>;
+  for (const auto& [name, t, dtype, size] :
+       {Spec{"wrapped", wrapped, at::kDouble, 3 * atoms}, Spec{"system", system, at::kLong, atoms},
+        Spec{"bin3", bin3, at::kLong, 3 * atoms}, Spec{"slot_x", slot_x, at::kDouble, atoms},
+        Spec{"slot_y", slot_y, at::kDouble, atoms}, Spec{"slot_z", slot_z, at::kDouble, atoms},
+        Spec{"slot_atom", slot_atom, at::kLong, atoms}, Spec{"bin_start", bin_start, at::kLong, -1},
+        Spec{"params", params, at::kLong, kNLParams * systems}, Spec{"cells", cells, at::kDouble, 9 * systems},
+        Spec{"wrap_bin", wrap_bin, at::kLong, -1}, Spec{"wrap_image", wrap_image, at::kLong, wrap_bin.numel()},
+        Spec{"counts", counts, at::kLong, atoms}}) {
+    check_cuda(op, name, t, wrapped);
+    TORCH_CHECK(t.scalar_type() == dtype && (size < 0 || t.numel() == size), op, ": ", name, " must be ", dtype,
+                size < 0 ? "" : " with " + std::to_string(size) + " elements", ", got ", t.scalar_type(), " ",
+                t.sizes());
+  }
+  TORCH_CHECK(image_width > 0 && image_bias >= 0, op, ": image_width must be > 0 and image_bias >= 0");
+  NLSearch search{wrapped.data_ptr<double>(), system.data_ptr<int64_t>(), bin3.data_ptr<int64_t>(),
+                  slot_x.data_ptr<double>(), slot_y.data_ptr<double>(), slot_z.data_ptr<double>(),
+                  slot_atom.data_ptr<int64_t>(), bin_start.data_ptr<int64_t>(), params.data_ptr<int64_t>(),
+                  cells.data_ptr<double>(), wrap_bin.data_ptr<int64_t>(), wrap_image.data_ptr<int64_t>(),
+                  cutoff_sq, image_bias, image_width, self_interaction};
+  const c10::cuda::CUDAGuard guard(wrapped.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (!fill) {
+    check_launch(nl_search(search, atoms, nullptr, counts.data_ptr<int64_t>(), nullptr, nullptr, stream), op);
+    return;
+  }
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"offsets", offsets}, {"senders", senders},
+                                {"images", images}}) {
+    check_cuda(op, name, t, wrapped);
+    TORCH_CHECK(t.scalar_type() == at::kLong, op, ": ", name, " must be int64");
+  }
+  TORCH_CHECK(offsets.numel() == atoms + 1 && senders.numel() == images.numel(), op,
+              ": offsets must have atoms + 1 entries and senders / images one per pair");
+  // The caller sized senders / images from offsets[atoms] (the total of the counts).
+  check_launch(nl_search(search, atoms, offsets.data_ptr<int64_t>(), counts.data_ptr<int64_t>(),
+                         senders.data_ptr<int64_t>(), images.data_ptr<int64_t>(), stream),
+               op);
+}
+
 }  // namespace
 }  // namespace nffk::cuda
 
@@ -287,6 +340,11 @@ TORCH_LIBRARY_FRAGMENT(nffk_C, m) {
       "conv_cuda(int kernel, Tensor a, Tensor b, Tensor w, Tensor senders, Tensor receivers, Tensor receiver_ptr, "
       "Tensor sender_order, Tensor sender_ptr, Tensor program, int[] layout, Tensor cg_value, Tensor coefficients, "
       "bool weighted_only, Tensor(a!) out) -> ()");
+  m.def(
+      "nl_search_cuda(Tensor wrapped, Tensor system, Tensor bin3, Tensor slot_x, Tensor slot_y, Tensor slot_z, "
+      "Tensor slot_atom, Tensor bin_start, Tensor params, Tensor cells, Tensor wrap_bin, Tensor wrap_image, "
+      "float cutoff_sq, int image_bias, int image_width, bool self_interaction, bool fill, Tensor offsets, "
+      "Tensor(a!) counts, Tensor(b!) senders, Tensor(c!) images) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(nffk_C, CUDA, m) {
@@ -295,4 +353,5 @@ TORCH_LIBRARY_IMPL(nffk_C, CUDA, m) {
   m.impl("sh_vjp_vjp", &nffk::cuda::sh_vjp_vjp);
   m.impl("tp_cuda", &nffk::cuda::tp_cuda);
   m.impl("conv_cuda", &nffk::cuda::conv_cuda);
+  m.impl("nl_search_cuda", &nffk::cuda::nl_search_cuda);
 }

@@ -5,6 +5,7 @@
 // library and called through ctypes; float64 only (float32 is the same template).
 #include <cstdint>
 
+#include "neighbor_list_threads.cuh"
 #include "spherical_harmonics_threads.cuh"
 #include "tensor_product_threads.cuh"
 
@@ -68,6 +69,23 @@ extern "C" int nffk_emulate_sh(int kernel, const int64_t* ls, int64_t count, int
     if (deg.lmax <= 3) threads::sh_thread<double, 3>(k, deg, normalize != 0, x, grad, h, a, b, src, coef, n, out, out2);
     else if (deg.lmax <= 6) threads::sh_thread<double, 6>(k, deg, normalize != 0, x, grad, h, a, b, src, coef, n, out, out2);
     else threads::sh_thread<double, kSHMaxL>(k, deg, normalize != 0, x, grad, h, a, b, src, coef, n, out, out2);
+  }
+  return 0;
+}
+
+// The neighbour-list search (nl_search): offsets == nullptr counts, else fills.
+extern "C" int nffk_emulate_nl_search(const double* wrapped, const int64_t* system, const int64_t* bin3,
+                                      const double* slot_x, const double* slot_y, const double* slot_z,
+                                      const int64_t* slot_atom, const int64_t* bin_start, const int64_t* params,
+                                      const double* cells, const int64_t* wrap_bin, const int64_t* wrap_image,
+                                      double cutoff_sq, int64_t image_bias, int64_t image_width, int self_interaction,
+                                      int64_t atoms, const int64_t* offsets, int64_t* counts, int64_t* senders,
+                                      int64_t* images) {
+  const NLSearch search{wrapped, system, bin3, slot_x, slot_y, slot_z, slot_atom, bin_start, params, cells,
+                        wrap_bin, wrap_image, cutoff_sq, image_bias, image_width, self_interaction != 0};
+  for (int64_t i = 0; i < atoms; ++i) {
+    const int64_t found = threads::search_receiver(search, i, offsets, senders, images);
+    if (offsets == nullptr) counts[i] = found;
   }
   return 0;
 }

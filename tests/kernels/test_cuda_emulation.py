@@ -1,7 +1,8 @@
 """The CUDA kernels' thread functions (csrc/cuda/*_threads.cuh, the code every CUDA thread runs)
 executed on the CPU, thread by thread, against the reference: forward, the three vjps of the
 tensor product and the fused conv (gaps, unweighted paths, weighted_only, shared and per-edge
-weights, uvu and uvw) and spherical harmonics with first and second derivatives.
+weights, uvu and uvw), spherical harmonics with first and second derivatives, and the
+neighbour-list search inside the cell list's torch binning and sorting.
 
 Needs nvcc (it builds tests/kernels/cuda_emulation.cu as a host library) but no GPU. Launch
 configuration, streams and the torch bindings are covered by `pytest -m gpu` (test_gpu.py)."""
@@ -171,3 +172,40 @@ def test_spherical_harmonics_threads_against_autograd_of_the_reference(emulation
     emulate(2, got_x, got_grad)
     torch.testing.assert_close(got_grad, second_grad, **scale)
     torch.testing.assert_close(got_x, second_x, atol=1e-8 * max(1.0, second_x.abs().max().item()), rtol=1e-8)
+
+
+def test_neighbor_list_search_thread_against_reference(emulation, seeded):
+    """The "cuda" backend's pipeline on the CPU: kernels/neighbor_list.py bins and sorts, the CUDA
+    thread function searches; same sorted pairs, shifts and ptr as the reference."""
+    from nffk import backends
+    from nffk.ops.neighbor_list import _validate, binning_cells, neighbor_list
+
+    def search(tensors, counts, offsets, senders, images, fill, cutoff_sq, image_bias, image_width,
+               self_interaction):
+        status = emulation.nffk_emulate_nl_search(
+            *(pointer(t) for t in tensors), ctypes.c_double(cutoff_sq), ctypes.c_int64(image_bias),
+            ctypes.c_int64(image_width), int(self_interaction), ctypes.c_int64(counts.shape[0]),
+            pointer(offsets) if fill else None, pointer(counts), pointer(senders), pointer(images))
+        assert status == 0
+
+    f64 = dict(dtype=torch.float64)
+    triclinic = torch.tensor([[4.0, 0.0, 0.0], [1.0, 3.5, 0.0], [0.5, 0.3, 1.2]], **f64)  # thinner than the cutoff
+    positions = torch.rand(16, 3, generator=seeded, **f64) * 4
+    batch = torch.tensor([0] * 6 + [1] * 4 + [2] * 6)
+    cases = [dict(positions=positions[:9], cutoff=2.6, cell=torch.eye(3, **f64) * 4),
+             dict(positions=positions[:6] - 3, cutoff=2.9, cell=triclinic, pbc=[True, False, True]),
+             dict(positions=positions[:5], cutoff=2.2, cell=triclinic, self_interaction=True),
+             dict(positions=positions, cutoff=1.7),
+             dict(positions=positions, cutoff=2.0, batch=batch, cell=torch.stack([torch.eye(3, **f64) * 4, triclinic,
+                                                                                  torch.eye(3, **f64) * 2.5]))]
+    for case in cases:
+        case = dict(case)
+        self_interaction = case.pop("self_interaction", False)
+        systems = _validate(case["positions"], case["cutoff"], case.get("cell"), case.get("pbc"), case.get("batch"))
+        got = backends.triton_kernels().neighbor_list.neighbor_list(
+            systems.positions, systems.ptr, binning_cells(systems.cell, systems.pbc), systems.pbc, systems.cutoff,
+            self_interaction, False, False, search=search)
+        expected = neighbor_list(**case, self_interaction=self_interaction, backend="reference")
+        assert got[0].numel() > 0
+        for name, a, b in zip(expected._fields[:4], got[:4], expected[:4]):
+            assert torch.equal(a, b), name
