@@ -9,7 +9,7 @@ Cases: the tensor-product configs of bench_tensor_product.py (forward, forward+b
 fused conv of a NequIP-like layer (5,000 atoms x 30 neighbours), spherical harmonics
 l <= 2, 4, 6, 8 of 200,000 vectors, and the neighbour list of Cu fcc (4,000 and 16,384 atoms,
 cutoff 5 A). nffk's "cuda" backend (csrc/cuda) gets a row wherever the extension was built with
-CUDA (tensor product, conv, spherical harmonics). Peers appear where installed: e3nn,
+CUDA (tensor product, conv, spherical harmonics, neighbour list). Peers appear where installed: e3nn,
 cuEquivariance (its CUDA kernels when cuequivariance_ops_torch imports, else it is skipped),
 OpenEquivariance, sphericart, vesin.
 Every time is the median of several runs with the device synchronised around each (timing.py);
@@ -357,6 +357,9 @@ def nl_cases(quick: bool, repeat: int, device) -> list:
     for cells in NL["cells"][:1] if quick else NL["cells"]:
         positions, cell = fcc(cells, device)
         impls = {"nffk[triton]": lambda p, c: neighbor_list(p, NL["cutoff"], c, backend="triton")}
+        why = backends.unavailable_reason("cuda", device)
+        impls["nffk[cuda]"] = ((lambda p, c: neighbor_list(p, NL["cutoff"], c, backend="cuda"))
+                               if why is None else f"n/a ({why})")
         cpu_positions, cpu_cell = positions.cpu(), cell.cpu()
         impls["nffk[cpu] (CPU, for scale)"] = (
             (lambda p, c: neighbor_list(cpu_positions, NL["cutoff"], cpu_cell, backend="cpu"))

@@ -140,7 +140,7 @@ std::array<int64_t, 3> widths(TPKernel kernel, const TPProgram<T>& p) {
     case TPKernel::kForward: return {p.dim1, p.dim2, p.dim_out};
     case TPKernel::kVjpX1: return {p.dim_out, p.dim2, p.dim1};
     case TPKernel::kVjpX2: return {p.dim1, p.dim_out, p.dim2};
-    default: return {p.dim1, p.dim2, p.weight_numel};
+    default: return {p.dim1, p.dim2, p.dim_out};  // vjp_w: (x1, x2, g); out is the weight gradient
   }
 }
 
@@ -158,7 +158,7 @@ bool check_operands(const char* op, TPKernel kernel, const std::array<int64_t, 3
   check_rows(op, "a", a, a, a_rows, width[0]);
   check_rows(op, "b", b, a, b_rows, width[1]);
   if (kernel == TPKernel::kVjpW) {  // w is the output gradient g here; out is the weight gradient
-    check_rows(op, "g", w, a, out_rows, weight_numel == 0 ? 0 : w.size(1));
+    check_rows(op, "g", w, a, out_rows, width[2]);
     const bool shared = out.dim() == 1;
     check_cuda(op, "out", out, a);
     TORCH_CHECK(out.scalar_type() == a.scalar_type() &&
@@ -204,7 +204,6 @@ void tp_cuda(int64_t kernel_id, const at::Tensor& a, const at::Tensor& b, const 
     const bool shared = check_operands(op, kernel, widths(kernel, prog), prog.weight_numel, a, b, w, out, batch,
                                        batch, batch, batch);
     if (kernel == TPKernel::kVjpW) {
-      TORCH_CHECK(w.size(1) == prog.dim_out, op, ": g must be [", batch, ", ", prog.dim_out, "]");
       weight_grad<scalar_t>(op, prog, shared, batch, out, [&](int64_t chunk, scalar_t* partial) {
         return tp_weight_grad<scalar_t>(prog, a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
                                         EdgeRows{}, batch, chunk, partial, stream);
@@ -267,7 +266,6 @@ void conv_cuda(int64_t kernel_id, const at::Tensor& a, const at::Tensor& b, cons
       default: {  // a = x [nodes], b = sh [edges], w = g [nodes] -> out [W] or [edges, W]
         const bool shared = check_operands(op, kernel, width, prog.weight_numel, a, b, w, out, nodes, edges, nodes,
                                            edges);
-        TORCH_CHECK(w.size(1) == prog.dim_out, op, ": g must be [", nodes, ", ", prog.dim_out, "]");
         weight_grad<scalar_t>(op, prog, shared, edges, out, [&](int64_t chunk, scalar_t* partial) {
           return conv_vjp_w<scalar_t>(prog, graph, pa, pb, pw, chunk, partial, stream);
         });
