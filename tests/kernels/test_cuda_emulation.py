@@ -29,10 +29,12 @@ pytestmark = pytest.mark.skipif(NVCC is None, reason="needs nvcc to build the ho
 @pytest.fixture(scope="module")
 def emulation(tmp_path_factory):
     library = tmp_path_factory.mktemp("cuda_emulation") / "emulation.so"
-    subprocess.run([NVCC, "-shared", "-Xcompiler", "-fPIC", "-std=c++17", "-O1",
-                    "-I", os.path.join(ROOT, "csrc", "include"), "-I", os.path.join(ROOT, "csrc", "cuda"),
-                    "-o", str(library), os.path.join(ROOT, "tests", "kernels", "cuda_emulation.cu")],
-                   check=True, capture_output=True)
+    built = subprocess.run([NVCC, "-shared", "-Xcompiler", "-fPIC", "-std=c++17", "-O1",
+                            "-I", os.path.join(ROOT, "csrc", "include"), "-I", os.path.join(ROOT, "csrc", "cuda"),
+                            "-o", str(library), os.path.join(ROOT, "tests", "kernels", "cuda_emulation.cu")],
+                           capture_output=True, text=True)
+    if built.returncode != 0:
+        pytest.fail(f"nvcc could not build the host emulation:\n{built.stderr[-4000:]}")
     return ctypes.CDLL(str(library))
 
 
