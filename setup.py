@@ -27,7 +27,9 @@ def _extensions():
         return [], {}
 
     arch = os.environ.get("NFFK_CXX_ARCH", "native")
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast"] + ([f"-march={arch}"] if arch else [])
+    # -fno-math-errno: nothing reads errno, and without it every sqrt carries a scalar errno branch
+    # that stops loops from vectorising (the spherical harmonics' input normalisation).
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno"] + ([f"-march={arch}"] if arch else [])
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     with_cuda = torch.version.cuda is not None and CUDA_HOME is not None and os.environ.get("NFFK_NO_CUDA") != "1"

@@ -28,6 +28,8 @@ struct SHPlan {
   std::vector<T> scale;  // per requested degree: normalisation relative to "component"
   std::vector<T> a, b, coef;
   const int32_t* src = nullptr;
+  bool all_degrees = true;  // ls = 0, 1, ..., lmax: output column c is component c (no gather)
+  bool unit_scale = true;   // every scale is 1 ("component")
 };
 
 template <typename T>
@@ -65,6 +67,8 @@ SHPlan<T> make_plan(const char* op, at::IntArrayRef ls, int64_t normalization, c
     const double n = normalization == 0 ? 1.0 / std::sqrt(4.0 * M_PI)
                      : normalization == 1 ? 1.0 : 1.0 / std::sqrt(2.0 * double(l) + 1.0);
     plan.scale.push_back(static_cast<T>(n));
+    plan.all_degrees = plan.all_degrees && l == static_cast<int64_t>(plan.degrees.size()) - 1;
+    plan.unit_scale = plan.unit_scale && n == 1.0;
   }
   const double *pa = a.data_ptr<double>(), *pb = b.data_ptr<double>(), *pc = coef.data_ptr<double>();
   plan.a.assign(pa, pa + a.numel());
@@ -98,6 +102,11 @@ struct SHScratch {
 template <typename T>
 void load3(const T* rows, int64_t count, T* lanes) {
   constexpr int B = kLanes<T>;
+  if (count == B) {  // a full block: fixed trip counts, no per-lane test, so it vectorises
+    for (int a = 0; a < 3; ++a)
+      NFFK_SIMD for (int n = 0; n < B; ++n) lanes[a * B + n] = rows[n * 3 + a];
+    return;
+  }
   for (int a = 0; a < 3; ++a)
     for (int n = 0; n < B; ++n) lanes[a * B + n] = n < count ? rows[n * 3 + a] : T(0);
 }
@@ -109,17 +118,28 @@ void store3(const T* lanes, int64_t count, T* rows) {
     for (int a = 0; a < 3; ++a) rows[n * 3 + a] = lanes[a * B + n];
 }
 
-// cols[c] = scale * P[t(c)] for the requested degrees, then rows [count][dim].
+// cols[c] = scale * P[t(c)] for the requested degrees, then rows [count][dim]. When the degrees
+// are 0..lmax the columns are P itself (scaled in place, if at all): no gather copy.
 template <typename T>
-void store_values(const SHPlan<T>& plan, const T* P, T* cols, int64_t count, T* rows) {
+void store_values(const SHPlan<T>& plan, T* P, T* cols, int64_t count, T* rows) {
   constexpr int B = kLanes<T>;
-  for (size_t r = 0; r < plan.degrees.size(); ++r) {
-    const int32_t l = plan.degrees[r];
-    const T scale = plan.scale[r];
-    for (int32_t c = 0; c < 2 * l + 1; ++c) {
-      const T* p = P + (l * l + c) * B;
-      T* o = cols + (plan.offsets[r] + c) * B;
-      NFFK_SIMD for (int n = 0; n < B; ++n) o[n] = scale * p[n];
+  if (plan.all_degrees) {
+    if (!plan.unit_scale)
+      for (size_t l = 0; l < plan.degrees.size(); ++l) {
+        const T scale = plan.scale[l];
+        T* p = P + l * l * B;
+        NFFK_SIMD for (int n = 0; n < int(2 * l + 1) * B; ++n) p[n] *= scale;
+      }
+    cols = P;
+  } else {
+    for (size_t r = 0; r < plan.degrees.size(); ++r) {
+      const int32_t l = plan.degrees[r];
+      const T scale = plan.scale[r];
+      for (int32_t c = 0; c < 2 * l + 1; ++c) {
+        const T* p = P + (l * l + c) * B;
+        T* o = cols + (plan.offsets[r] + c) * B;
+        NFFK_SIMD for (int n = 0; n < B; ++n) o[n] = scale * p[n];
+      }
     }
   }
   from_channel_major(cols, B, count, plan.dim, rows);

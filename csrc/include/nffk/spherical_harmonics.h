@@ -127,17 +127,20 @@ struct Frame {
   T proj[B];  // 1 where J projects (|x| >= eps and normalising), 0 where J = inv * I
 
   NFFK_HD void set(const T* x, bool normalize, T eps) {
-    NFFK_SIMD for (int n = 0; n < B; ++n) {
-      if (normalize) {
+    // Two branch-free loops (the choice hoisted out) so that each vectorises.
+    if (normalize) {
+      NFFK_SIMD for (int n = 0; n < B; ++n) {
         const T r = std::sqrt(x[n] * x[n] + x[B + n] * x[B + n] + x[2 * B + n] * x[2 * B + n]);
-        const bool far = r >= eps;
-        inv[n] = T(1) / (far ? r : eps);
-        proj[n] = far ? T(1) : T(0);
-      } else {
+        inv[n] = T(1) / (r >= eps ? r : eps);
+        proj[n] = r >= eps ? T(1) : T(0);
+        for (int a = 0; a < 3; ++a) u[a][n] = x[a * B + n] * inv[n];
+      }
+    } else {
+      NFFK_SIMD for (int n = 0; n < B; ++n) {
         inv[n] = T(1);
         proj[n] = T(0);
+        for (int a = 0; a < 3; ++a) u[a][n] = x[a * B + n];
       }
-      for (int a = 0; a < 3; ++a) u[a][n] = x[a * B + n] * inv[n];
     }
   }
 
