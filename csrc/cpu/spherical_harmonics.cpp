@@ -18,6 +18,9 @@ namespace nffk::cpu {
 namespace {
 
 constexpr double kNormalizeEps = 1e-12;  // torch.nn.functional.normalize's
+// Outputs at least this large are written with non-temporal stores (larger than the caches a
+// consumer could still find them in).
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
 // Everything a call needs, checked once: requested degrees, their output offsets and scales,
 // and the coefficient tables converted to the compute type.
@@ -82,11 +85,11 @@ template <typename T>
 struct SHScratch {
   static constexpr int B = kLanes<T>;
   AlignedBuffer<T> memory;
-  T *x, *P, *gP, *W, *cols, *v, *k, *h, *out3;
+  T *x, *P, *gP, *W, *cols, *v, *k, *h, *out3, *staged;
   explicit SHScratch(const SHPlan<T>& plan) {
     const int64_t sizes[] = {3 * B, plan.count * B, plan.count * B, plan.count * B, int64_t(plan.dim) * B,
-                             3 * B, 3 * B, 3 * B, 3 * B};
-    T** slots[] = {&x, &P, &gP, &W, &cols, &v, &k, &h, &out3};
+                             3 * B, 3 * B, 3 * B, 3 * B, int64_t(plan.dim) * B};
+    T** slots[] = {&x, &P, &gP, &W, &cols, &v, &k, &h, &out3, &staged};
     int64_t total = 0;
     for (int64_t size : sizes) total += round_up(size, B);
     memory.allocate(total);
@@ -118,10 +121,38 @@ void store3(const T* lanes, int64_t count, T* rows) {
     for (int a = 0; a < 3; ++a) rows[n * 3 + a] = lanes[a * B + n];
 }
 
+// rows[0, size) = staged[0, size) (size a whole number of 64-byte vectors); with `stream`, and rows
+// 64-byte aligned, by non-temporal stores: an output larger than the caches is then written
+// without first being read into them (about half the memory traffic). Callers end with
+// stream_fence().
+template <typename T>
+inline void copy_block(const T* staged, int64_t size, T* rows, bool stream) {
+#if defined(__AVX512F__)
+  if (stream && reinterpret_cast<uintptr_t>(rows) % 64 == 0) {
+    constexpr int N = 64 / sizeof(T);
+    for (int64_t n = 0; n < size; n += N) {
+      if constexpr (sizeof(T) == 4)
+        _mm512_stream_ps(reinterpret_cast<float*>(rows + n), _mm512_load_ps(reinterpret_cast<const float*>(staged + n)));
+      else
+        _mm512_stream_pd(reinterpret_cast<double*>(rows + n), _mm512_load_pd(reinterpret_cast<const double*>(staged + n)));
+    }
+    return;
+  }
+#endif
+  (void)stream;
+  NFFK_SIMD for (int64_t n = 0; n < size; ++n) rows[n] = staged[n];
+}
+
+inline void stream_fence() {
+#if defined(__AVX512F__)
+  _mm_sfence();
+#endif
+}
+
 // cols[c] = scale * P[t(c)] for the requested degrees, then rows [count][dim]. When the degrees
 // are 0..lmax the columns are P itself (scaled in place, if at all): no gather copy.
 template <typename T>
-void store_values(const SHPlan<T>& plan, T* P, T* cols, int64_t count, T* rows) {
+void store_values(const SHPlan<T>& plan, T* P, T* cols, T* staged, int64_t count, T* rows, bool stream) {
   constexpr int B = kLanes<T>;
   if (plan.all_degrees) {
     if (!plan.unit_scale)
@@ -142,7 +173,14 @@ void store_values(const SHPlan<T>& plan, T* P, T* cols, int64_t count, T* rows) 
       }
     }
   }
-  from_channel_major(cols, B, count, plan.dim, rows);
+  if (count < B) {
+    from_channel_major(cols, B, count, plan.dim, rows);
+    return;
+  }
+  // A full block's rows are one contiguous run of B * dim numbers: transpose into L1 scratch
+  // (the tile transpose's row stores are masked and unaligned), then copy with whole-vector stores.
+  from_channel_major(cols, B, B, plan.dim, staged);
+  copy_block(staged, int64_t(B) * plan.dim, rows, stream);
 }
 
 // gP[t] = sum over requested degrees of scale * grad[c(t)] (rows [count][dim] -> lanes).
@@ -173,6 +211,7 @@ void run_sh(SHKernel kernel, const SHPlan<T>& plan, bool normalize, int64_t poin
   const T* coef = plan.coef.data();
   const int64_t blocks = (points + B - 1) / B;
   const int64_t grain = std::max<int64_t>(1, 4096 / (B * (plan.dim + 3)));
+  const bool stream = points * plan.dim * int64_t(sizeof(T)) >= kStreamBytes;
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
     SHScratch<T> s(plan);
     sh::Frame<T, B> frame;
@@ -182,7 +221,7 @@ void run_sh(SHKernel kernel, const SHPlan<T>& plan, bool normalize, int64_t poin
       frame.set(s.x, normalize, T(kNormalizeEps));
       sh::values<T, B>(plan.lmax, a, b, frame.u[0], frame.u[1], frame.u[2], s.P);
       if (kernel == SHKernel::kValues) {
-        store_values(plan, s.P, s.cols, count, out + n0 * plan.dim);
+        store_values(plan, s.P, s.cols, s.staged, count, out + n0 * plan.dim, stream);
         continue;
       }
       load_grad(plan, pg + n0 * plan.dim, count, s.cols, s.gP);
@@ -198,7 +237,7 @@ void run_sh(SHKernel kernel, const SHPlan<T>& plan, bool normalize, int64_t poin
       load3(ph + n0 * 3, count, s.h);
       frame.apply(s.h, s.k);
       sh::gradient_jvp<T, B>(plan.count, plan.src, coef, s.P, s.k, s.W);
-      store_values(plan, s.W, s.cols, count, out2 + n0 * plan.dim);
+      store_values(plan, s.W, s.cols, s.staged, count, out2 + n0 * plan.dim, stream);
       std::fill(s.W, s.W + plan.count * B, T(0));
       sh::gradient_scatter<T, B>(plan.count, plan.src, coef, s.gP, s.k, s.W);
       std::fill(s.out3, s.out3 + 3 * B, T(0));
@@ -207,6 +246,7 @@ void run_sh(SHKernel kernel, const SHPlan<T>& plan, bool normalize, int64_t poin
       frame.add_curvature(s.h, s.v, s.k);
       store3(s.k, count, out + n0 * 3);
     }
+    stream_fence();
   });
 }
 

@@ -169,6 +169,20 @@ def test_batch_shapes_empty_input_module_and_thread_count(seeded):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_outputs_take_the_streaming_path(dtype, seeded):
+    # Outputs of 16 MiB and more are written with non-temporal stores: cover that path, a partial
+    # last block, an irregular degree list (gathered columns) and every normalisation.
+    n = (16 << 20) // (81 * dtype.itemsize) + 13
+    x = vectors(n, dtype, seeded)
+    with poisoned_outputs():
+        for ls, normalization in ((list(range(9)), "component"), (list(range(9)), "norm"),
+                                  ([8, 0, 3, 5, 7, 2, 1, 4, 6], "integral")):
+            ours = spherical_harmonics(ls, x, True, normalization, backend="cpu")
+            expected = o3.spherical_harmonics(ls, x.double(), True, normalization)
+            assert relative(ours.double(), expected) < 10 * TOLERANCE[dtype], (ls, normalization)
+
+
 def test_misuse():
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match=r"shape \[\.\.\., 3\]"):
