@@ -101,13 +101,56 @@ struct SHScratch {
   }
 };
 
+#if defined(__AVX512F__)
+// rows [B][3] -> lanes [3][B] for one 64-byte vector of B lanes. Element 3n + a of the three
+// input vectors goes to lane n of axis a: the first permute takes it from vectors 0 and 1 (index
+// < 2B), the second keeps those lanes and takes the rest from vector 2.
+template <typename T>
+struct Deinterleave3 {
+  static constexpr int B = kLanes<T>;
+  alignas(64) int32_t first[3][16], second[3][16];  // 32-bit indices (floats) or 64-bit (doubles)
+  Deinterleave3() {
+    for (int a = 0; a < 3; ++a)
+      for (int n = 0; n < 16; ++n) {
+        const int e = 3 * n + a;
+        first[a][n] = n < B ? e % (2 * B) : 0;
+        second[a][n] = n < B ? (e < 2 * B ? n : B + e - 2 * B) : 0;
+      }
+  }
+  void operator()(const float* rows, float* lanes) const {
+    const __m512 v0 = _mm512_loadu_ps(rows), v1 = _mm512_loadu_ps(rows + 16), v2 = _mm512_loadu_ps(rows + 32);
+    for (int a = 0; a < 3; ++a) {
+      const __m512 t = _mm512_permutex2var_ps(v0, _mm512_load_si512(first[a]), v1);
+      _mm512_store_ps(lanes + a * 16, _mm512_permutex2var_ps(t, _mm512_load_si512(second[a]), v2));
+    }
+  }
+  void operator()(const double* rows, double* lanes) const {
+    const __m512d v0 = _mm512_loadu_pd(rows), v1 = _mm512_loadu_pd(rows + 8), v2 = _mm512_loadu_pd(rows + 16);
+    for (int a = 0; a < 3; ++a) {
+      const __m512i i1 = _mm512_cvtepi32_epi64(_mm256_load_si256(reinterpret_cast<const __m256i*>(first[a])));
+      const __m512i i2 = _mm512_cvtepi32_epi64(_mm256_load_si256(reinterpret_cast<const __m256i*>(second[a])));
+      const __m512d t = _mm512_permutex2var_pd(v0, i1, v1);
+      _mm512_store_pd(lanes + a * 8, _mm512_permutex2var_pd(t, i2, v2));
+    }
+  }
+};
+#endif
+
 // rows [count][3] -> lanes [3][B] (zero past count)
 template <typename T>
 void load3(const T* rows, int64_t count, T* lanes) {
   constexpr int B = kLanes<T>;
-  if (count == B) {  // a full block: fixed trip counts, no per-lane test, so it vectorises
+  if (count == B) {
+#if defined(__AVX512F__)
+    // A full block is 3 whole vectors of interleaved x, y, z: two two-source permutes per axis
+    // give each axis as one whole vector (whole-vector stores, so the loads that follow are
+    // forwarded from them; the compiler's version stored pieces and stalled those loads).
+    static const Deinterleave3<T> permute;
+    permute(rows, lanes);
+#else
     for (int a = 0; a < 3; ++a)
       NFFK_SIMD for (int n = 0; n < B; ++n) lanes[a * B + n] = rows[n * 3 + a];
+#endif
     return;
   }
   for (int a = 0; a < 3; ++a)
