@@ -23,7 +23,9 @@ from typing import NamedTuple
 import torch
 
 from nffk import backends
-from nffk.ops import _plans
+from nffk.ops import _outputs, _plans
+from nffk.ops.tensor_product import DTYPES as TP_DTYPES
+from nffk.ops.tensor_product import SUPPORTS as TP_SUPPORTS
 from nffk.ops.tensor_product import ReferenceKernels as ReferenceTP
 from nffk.ops.tensor_product import TensorProductPlan
 
@@ -84,13 +86,49 @@ class ReferenceKernels:
         return ReferenceTP.vjp_w(plan, x[graph.senders], sh, g[graph.receivers], shared)
 
 
+def _cpu(kernel, plan, inputs, graph, out_shape, *flags):
+    """Runs one compiled kernel (csrc/cpu/conv.cpp) into a fresh output buffer (every element written)."""
+    tables = plan.kernel_tables(inputs[0].device, inputs[0].dtype)
+    out = _outputs.new(out_shape, inputs[0])
+    kernel(*(t.contiguous() for t in inputs), *(t.contiguous() for t in graph), tables["paths"],
+           tables["coefficients"], tables["cg_index"], tables["cg_value"], *flags, out)
+    return out
+
+
+class CpuKernels:
+    """Fused C++/OpenMP kernels: the tensor product's tiles on gathered rows, sums over CSR
+    segments owned by one task each (deterministic, no atomics, no per-edge output tensor)."""
+
+    @staticmethod
+    def forward(plan, x, sh, w, graph, weighted_only):
+        return _cpu(torch.ops.nffk_C.conv_forward, plan, (x, sh, w), graph, (x.shape[0], plan.dim_out), weighted_only)
+
+    @staticmethod
+    def vjp_x(plan, g, sh, w, graph, weighted_only):
+        return _cpu(torch.ops.nffk_C.conv_vjp_x, plan, (g, sh, w), graph, (g.shape[0], plan.dim_in1), weighted_only)
+
+    @staticmethod
+    def vjp_sh(plan, x, g, w, graph, weighted_only):
+        return _cpu(torch.ops.nffk_C.conv_vjp_sh, plan, (x, g, w), graph, (graph.senders.shape[0], plan.dim_in2),
+                    weighted_only)
+
+    @staticmethod
+    def vjp_w(plan, x, sh, g, graph, shared):
+        shape = (plan.weight_numel,) if shared else (graph.senders.shape[0], plan.weight_numel)
+        return _cpu(torch.ops.nffk_C.conv_vjp_w, plan, (x, sh, g), graph, shape)
+
+
+# Backend name -> kernels, which plans each supports, and the dtypes it computes in (missing: any).
 # "triton": kernels/conv.py, fused and deterministic (receiver / sender CSR segments, no atomics).
-KERNELS = {"reference": ReferenceKernels, "triton": backends.TritonModule("conv")}
-SUPPORTS = {"reference": lambda plan: True, "triton": lambda plan: True}
+KERNELS = {"reference": ReferenceKernels, "cpu": CpuKernels, "triton": backends.TritonModule("conv")}
+SUPPORTS = {"reference": lambda plan: True, "cpu": TP_SUPPORTS["cpu"], "triton": lambda plan: True}
+DTYPES = {"cpu": TP_DTYPES["cpu"]}
 
 
-def implemented_backends(plan: TensorProductPlan) -> tuple:
-    return tuple(name for name, supports in SUPPORTS.items() if supports(plan))
+def implemented_backends(plan: TensorProductPlan, dtype: torch.dtype | None = None) -> tuple:
+    """Backends that implement this plan (and, if given, compute in this dtype)."""
+    return tuple(name for name, supports in SUPPORTS.items()
+                 if supports(plan) and (dtype is None or dtype in DTYPES.get(name, (dtype,))))
 
 
 # Custom ops: the graph travels as its five tensors.
@@ -232,5 +270,6 @@ def conv(node_features: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch
     if not (x.dtype == sh.dtype == edge_weights.dtype) or not x.is_floating_point():
         raise ValueError(f"node_features, edge_sh and edge_weights must share one floating dtype, got "
                          f"{x.dtype}, {sh.dtype}, {edge_weights.dtype}")
-    chosen = backends.resolve("conv", backend, x.device, implemented_backends(plan))
+    backends.check_dtype("conv", backend, x.dtype, DTYPES)
+    chosen = backends.resolve("conv", backend, x.device, implemented_backends(plan, x.dtype))
     return C(x.contiguous(), sh.contiguous(), edge_weights.contiguous(), *graph, plan.id, chosen, False)
