@@ -104,6 +104,31 @@ struct ReceiverSums {
   }
 };
 
+// Node rows in channel-major blocks, converted once per call: each is read by ~30 edges, and the
+// tiles then skip their per-edge block transposes.
+template <typename T>
+struct ChannelMajorNodes {
+  AlignedBuffer<T> data;
+  int64_t row_size;
+  ChannelMajorNodes(const std::vector<Block>& blocks, int64_t row_size_, const T* rows, int64_t nodes, int64_t dim)
+      : row_size(row_size_) {
+    data.allocate(nodes * row_size);
+    T* dst = data.data();
+    at::parallel_for(0, nodes, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        std::fill(dst + n * row_size, dst + (n + 1) * row_size, T(0));
+        row_to_channel_major(blocks, rows + n * dim, dst + n * row_size);
+      }
+    });
+  }
+};
+
+// Asks for rows [row, row + bytes) to be brought into the cache ahead of use.
+inline void prefetch_bytes(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t at = 0; at < bytes; at += 64) __builtin_prefetch(p + at);
+}
+
 // Edges per task chunk: a few dozen tiles, so that scratch and segment state are amortised.
 constexpr int64_t kEdgesPerChunk = 512;
 
@@ -113,8 +138,9 @@ void conv_forward_impl(const Program<T>& prog, const Graph& graph, const T* x, c
   constexpr int TE = kLanes<T>;
   const ChannelMajorLayout<T> layout(prog);
   const std::vector<int64_t> bounds = chunks(graph.receiver_ptr, graph.nodes, kEdgesPerChunk);
-  const Rows<const T> x_at_sender{x, dim1, graph.senders}, sh_rows{sh, dim2, nullptr}, w_rows{w, wstride, nullptr},
-      none{};
+  ChannelMajorNodes<T> xc(prog.x1_blocks, prog.x1_scratch, x, graph.nodes, dim1);
+  const Rows<const T> x_at_sender{xc.data.data(), xc.row_size, graph.senders}, sh_rows{sh, dim2, nullptr},
+      w_rows{w, wstride, nullptr}, none{};
   at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t begin, int64_t end) {
     TPScratch<T> s(prog, Kernel::kForward, dim2);
     AlignedBuffer<T> sums;
@@ -127,8 +153,9 @@ void conv_forward_impl(const Program<T>& prog, const Graph& graph, const T* x, c
                            out, dim_out};
       const int64_t e_end = graph.receiver_ptr[n1];
       for (int64_t e0 = graph.receiver_ptr[n0]; e0 < e_end; e0 += TE) {
-        const TileIO<T> io(e0, std::min<int64_t>(TE, e_end - e0), x_at_sender, sh_rows, none, w_rows,
-                           Rows<T>{}, dim1, dim2, dim_out);
+        TileIO<T> io(e0, std::min<int64_t>(TE, e_end - e0), x_at_sender, sh_rows, none, w_rows, Rows<T>{}, dim1,
+                     dim2, dim_out);
+        io.x1_channel_major = true;
         sink.receiver = graph.receivers + e0;
         forward_tile(prog, io, s, sink);
       }
@@ -145,6 +172,7 @@ void conv_vjp_x_impl(const Program<T>& prog, const Graph& graph, const T* g, con
   const std::vector<int64_t> bounds = chunks(graph.sender_ptr, graph.nodes, kEdgesPerChunk);
   const Rows<const T> sh_rows{sh, dim2, graph.sender_order}, w_rows{w, wstride, graph.sender_order}, none{};
   const int64_t size = prog.x1_scratch;
+  ChannelMajorNodes<T> gc(prog.out_blocks, prog.out_row_size, g, graph.nodes, dim_out);
   at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t begin, int64_t end) {
     TPScratch<T> s(prog, Kernel::kVjpX1, dim2);
     AlignedBuffer<T> sum;
@@ -155,9 +183,19 @@ void conv_vjp_x_impl(const Program<T>& prog, const Graph& graph, const T* g, con
       int64_t current = -1;
       const int64_t k_end = graph.sender_ptr[n1];
       for (int64_t k0 = graph.sender_ptr[n0]; k0 < k_end; k0 += TE) {
+        // In sender order the rows of w, sh and g are scattered: fetch the next tile's while this one
+        // computes (3x faster than leaving it to the hardware prefetchers on random atom orders).
+        for (int64_t k = k0 + TE; k < std::min(k0 + 2 * TE, k_end); ++k) {
+          const int64_t edge = graph.sender_order[k];
+          if (wstride) prefetch_bytes(w + edge * wstride, wstride * int64_t(sizeof(T)));
+          prefetch_bytes(sh + edge * dim2, dim2 * int64_t(sizeof(T)));
+          prefetch_bytes(gc.data.data() + graph.receivers[edge] * gc.row_size, gc.row_size * int64_t(sizeof(T)));
+        }
         TileIO<T> io(k0, std::min<int64_t>(TE, k_end - k0), none, sh_rows, none, w_rows, Rows<T>{}, dim1, dim2,
                      dim_out);
-        for (int64_t e = 0; e < io.count; ++e) io.g[e] = g + graph.receivers[graph.sender_order[k0 + e]] * dim_out;
+        for (int64_t e = 0; e < io.count; ++e)
+          io.g[e] = gc.data.data() + graph.receivers[graph.sender_order[k0 + e]] * gc.row_size;
+        io.g_channel_major = true;
         vjp_x1_tile(prog, io, s);
         // Sum the tile's per-edge gradients into their senders' rows, in edge order.
         for (int64_t e = 0; e < io.count; ++e) {
@@ -203,10 +241,12 @@ void run_conv(ConvKernel kernel, const char* op, const at::Tensor& x, const at::
     case ConvKernel::kVjpW: {
       // Per-edge outputs: the tensor product's driver over edges, with x gathered at senders and
       // g at receivers.
-      const ElementOperands<T> operands{Rows<const T>{data(x), dim1, graph.senders},
+      ChannelMajorNodes<T> xc(prog.x1_blocks, prog.x1_scratch, data(x), graph.nodes, dim1);
+      ChannelMajorNodes<T> gc(prog.out_blocks, prog.out_row_size, data(g), graph.nodes, dim_out);
+      const ElementOperands<T> operands{Rows<const T>{xc.data.data(), xc.row_size, graph.senders},
                                         Rows<const T>{data(sh), dim2, nullptr},
-                                        Rows<const T>{data(g), dim_out, graph.receivers},
-                                        Rows<const T>{data(w), wstride, nullptr}};
+                                        Rows<const T>{gc.data.data(), gc.row_size, graph.receivers},
+                                        Rows<const T>{data(w), wstride, nullptr}, true, true};
       run_elements<T>(kernel == ConvKernel::kVjpSh ? Kernel::kVjpX2 : Kernel::kVjpW, prog, operands, out,
                       graph.edges, dim1, dim2, dim_out, weight_numel, shared);
       return;

@@ -44,6 +44,7 @@ struct Program {
   std::vector<T> cg_value;
   std::vector<std::pair<int64_t, int64_t>> out_gaps, x1_gaps, weight_gaps;  // ranges no path writes
   int64_t x1_scratch = 0, out_scratch = 0, rows_size = 0, tile_a_size = 0, z_size = 0, max_ld = 0;
+  int64_t out_row_size = 0;  // a whole output row in channel-major blocks (out_blocks[b].slot)
 };
 
 inline std::vector<std::pair<int64_t, int64_t>> gaps(std::vector<std::pair<int64_t, int64_t>> covered, int64_t size) {
@@ -175,9 +176,8 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
       return static_cast<int32_t>(blocks.size() - 1);
     };
     prog.path_x1.push_back(find_or_add(prog.x1_blocks, r[kOffset1], r[kMul1], d1, prog.x1_scratch, "x1"));
-    int64_t unused = 0;
     const size_t groups = prog.out_blocks.size();
-    find_or_add(prog.out_blocks, r[kOffsetOut], r[kMulOut], d3, unused, "output");
+    find_or_add(prog.out_blocks, r[kOffsetOut], r[kMulOut], d3, prog.out_row_size, "output");
     if (prog.out_blocks.size() != groups) prog.group_begin.push_back(static_cast<int32_t>(n));
   }
   prog.group_begin.push_back(static_cast<int32_t>(kept.size()));
@@ -359,6 +359,9 @@ struct TileIO {
   static constexpr int TE = kLanes<T>;
   int64_t count = 0;
   const T *x1[TE], *x2[TE], *g[TE], *w[TE];  // nullptr where the kernel has no such input
+  // x1 / g rows already in channel-major blocks (x1_blocks[].slot / out_blocks[].slot): a caller
+  // that reads each node row many times (the convolution) converts them once per call.
+  bool x1_channel_major = false, g_channel_major = false;
   T* out[TE];                                  // element e's output row (per-element outputs)
   int64_t dim1 = 0, dim2 = 0, dim_out = 0;
 
@@ -389,9 +392,31 @@ void load_x2(const TileIO<T>& io, T* x2t) {
 
 template <typename T>
 void load_x1(const Program<T>& prog, const TileIO<T>& io, T* x1c) {
+  if (io.x1_channel_major) return;
   for (int64_t e = 0; e < io.count; ++e)
     for (const Block& b : prog.x1_blocks)
       to_channel_major(io.x1[e] + b.offset, b.mul, b.d, x1c + e * prog.x1_scratch + b.slot, b.ld);
+}
+
+// Element e's x1 in channel-major blocks (after load_x1).
+template <typename T>
+const T* x1_channel_major(const Program<T>& prog, const TileIO<T>& io, const T* x1c, int64_t e) {
+  return io.x1_channel_major ? io.x1[e] : x1c + e * prog.x1_scratch;
+}
+
+// Block b of element e's g, channel-major [d][ld] (converted into `buffer` unless it already is).
+template <typename T>
+const T* g_block(const Program<T>& prog, const TileIO<T>& io, size_t b, int64_t e, T* buffer) {
+  const Block& ob = prog.out_blocks[b];
+  if (io.g_channel_major) return io.g[e] + ob.slot;
+  to_channel_major(io.g[e] + ob.offset, ob.mul, ob.d, buffer, ob.ld);
+  return buffer;
+}
+
+// A row in channel-major blocks (the layout the flags of TileIO announce).
+template <typename T>
+void row_to_channel_major(const std::vector<Block>& blocks, const T* row, T* dst) {
+  for (const Block& b : blocks) to_channel_major(row + b.offset, b.mul, b.d, dst + b.slot, b.ld);
 }
 
 // CG projections of every path (and x2 channel) of output block b, for the whole tile.
@@ -444,7 +469,7 @@ void forward_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, 
       for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
         const tp::Path<T>& p = prog.paths[n];
         const Block& xb = prog.x1_blocks[prog.path_x1[n]];
-        const T* xc = s.x1c + e * prog.x1_scratch + xb.slot;
+        const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
         const int64_t ld = xb.ld;
         for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE) {
           if (p.mode == tp::kUVU) {
@@ -476,18 +501,18 @@ void vjp_x1_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
     project_group(prog, b, s.x2t, s.A);
     for (int64_t e = 0; e < io.count; ++e) {
       const T* w = io.w[e];
-      to_channel_major(io.g[e] + ob.offset, ob.mul, ob.d, s.gc, ob.ld);
+      const T* gc = g_block(prog, io, b, e, s.gc);
       const T* A = s.A + e;
       for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
         const tp::Path<T>& p = prog.paths[n];
         const Block& xb = prog.x1_blocks[prog.path_x1[n]];
         T* gxc = s.gx1c + e * prog.x1_scratch + xb.slot;
         const int64_t ld = xb.ld;
-        if (p.mode == tp::kUVW) contract_weights(p, w + p.weight_offset, s.gc, ob.ld, s.z, ld);
+        if (p.mode == tp::kUVW) contract_weights(p, w + p.weight_offset, gc, ob.ld, s.z, ld);
         for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE) {
           const T* rows;
           if (p.mode == tp::kUVU) {
-            tp::weight_rows(p.d3, uvu_weights(p, w, v, ld, s.wv), s.gc, s.rows, ld, ld);
+            tp::weight_rows(p.d3, uvu_weights(p, w, v, ld, s.wv), gc, s.rows, ld, ld);
             rows = s.rows;
           } else {
             rows = s.z + v * p.d3 * ld;
@@ -516,18 +541,18 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
     if (io.count < TE) std::fill(s.A, s.A + prog.tile_a_size * TE, T(0));  // lanes past the tile's end
     for (int64_t e = 0; e < io.count; ++e) {
       const T* w = io.w[e];
-      to_channel_major(io.g[e] + ob.offset, ob.mul, ob.d, s.gc, ob.ld);
+      const T* gc = g_block(prog, io, b, e, s.gc);
       T* S = s.A + e;  // element e's pair sums: stride TE
       for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
         const tp::Path<T>& p = prog.paths[n];
         const Block& xb = prog.x1_blocks[prog.path_x1[n]];
-        const T* xc = s.x1c + e * prog.x1_scratch + xb.slot;
+        const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
         const int64_t ld = xb.ld;
-        if (p.mode == tp::kUVW) contract_weights(p, w + p.weight_offset, s.gc, ob.ld, s.z, ld);
+        if (p.mode == tp::kUVW) contract_weights(p, w + p.weight_offset, gc, ob.ld, s.z, ld);
         for (int64_t v = 0; v < p.mul2; ++v, S += int64_t(p.d1) * p.d3 * TE) {
           const T* rows;
           if (p.mode == tp::kUVU) {
-            tp::weight_rows(p.d3, uvu_weights(p, w, v, ld, s.wv), s.gc, s.rows, ld, ld);
+            tp::weight_rows(p.d3, uvu_weights(p, w, v, ld, s.wv), gc, s.rows, ld, ld);
             rows = s.rows;
           } else {
             rows = s.z + v * p.d3 * ld;
@@ -562,17 +587,17 @@ void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, bool accumulate, TP
     project_group(prog, b, s.x2t, s.A);
     for (int64_t e = 0; e < io.count; ++e) {
       T* gw = io.out[e];
-      to_channel_major(io.g[e] + ob.offset, ob.mul, ob.d, s.gc, ob.ld);
+      const T* gc = g_block(prog, io, b, e, s.gc);
       const T* A = s.A + e;
       for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
         const tp::Path<T>& p = prog.paths[n];
         const Block& xb = prog.x1_blocks[prog.path_x1[n]];
-        const T* xc = s.x1c + e * prog.x1_scratch + xb.slot;
+        const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
         const int64_t ld = xb.ld;
         T* block = gw + p.weight_offset;
         for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE) {
           if (p.mode == tp::kUVU) {
-            weight_grad(A, int64_t(p.d3) * TE, TE, p.d1, p.d3, xc, s.gc, ld, s.gwv);
+            weight_grad(A, int64_t(p.d3) * TE, TE, p.d1, p.d3, xc, gc, ld, s.gwv);
             if (accumulate) {
               for (int64_t u = 0; u < p.mul1; ++u) block[u * p.mul2 + v] += s.gwv[u];
             } else {
@@ -584,7 +609,7 @@ void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, bool accumulate, TP
             gemm(p.d3, p.d1, A, TE, int64_t(p.d3) * TE, xc, z, ld);
           }
         }
-        if (p.mode == tp::kUVW) tp::uvw_weight_grad<T, kLanes<T>>(p, s.z, ld, s.gc, ob.ld, block, accumulate);
+        if (p.mode == tp::kUVW) tp::uvw_weight_grad<T, kLanes<T>>(p, s.z, ld, gc, ob.ld, block, accumulate);
       }
     }
   }
@@ -613,6 +638,7 @@ inline void check_io(const char* op, std::initializer_list<std::pair<const char*
 template <typename T>
 struct ElementOperands {
   Rows<const T> x1, x2, g, w;
+  bool x1_channel_major = false, g_channel_major = false;  // see TileIO
 };
 
 template <typename T>
@@ -624,7 +650,10 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
   const int64_t wstride = shared ? 0 : weight_numel;
   const int64_t out_stride = out.dim() == 2 ? out.size(1) : 0;
   auto tile_at = [&](int64_t e0, int64_t count, const Rows<T>& out_rows) {
-    return TileIO<T>(e0, count, in.x1, in.x2, in.g, in.w, out_rows, dim1, dim2, dim_out);
+    TileIO<T> io(e0, count, in.x1, in.x2, in.g, in.w, out_rows, dim1, dim2, dim_out);
+    io.x1_channel_major = in.x1_channel_major;
+    io.g_channel_major = in.g_channel_major;
+    return io;
   };
 
   if (kernel == Kernel::kVjpW && shared) {
