@@ -10,6 +10,8 @@ energy read out from the scalar outputs. Passes:
     forward      energy, no autograd graph
     fwd+bwd      energy, backward to positions and parameters
     train step   energy, forces = -dE/dpositions (create_graph), loss on the forces, backward
+    conv *       the same three on the message passing alone: node features, SH and weights are
+                 leaves ("forces" are the gradient w.r.t. the SH), no MLP or SH evaluation
 
 Systems: a periodic box of random atoms (~30 neighbours within the 5 Å cutoff) and a batch of
 small random molecules (9-29 atoms, ~QM9 density). Times are medians of interleaved repeats in
@@ -45,7 +47,9 @@ from nffk.ops.spherical_harmonics import spherical_harmonics  # noqa: E402
 NODE = "32x0e+32x0o+32x1o+32x1e+32x2e+32x2o"
 SH = "0e+1o+2e"
 CUTOFF = 5.0
-PASSES = ("forward", "fwd+bwd", "train step")
+LAYER_PASSES = ("forward", "fwd+bwd", "train step")
+CONV_PASSES = ("conv forward", "conv fwd+bwd", "conv train step")
+PASSES = LAYER_PASSES + CONV_PASSES
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,40 +124,71 @@ class Layer(torch.nn.Module):
         return (messages(self.features, vectors, self.radial(vectors.norm(dim=-1))) @ self.readout).sum()
 
 
-def nffk_messages(plan, graph: ConvGraph):
-    def messages(x, vectors, weights):
-        sh = spherical_harmonics(SH, vectors, normalize=True, normalization="component")
-        return conv(x, sh, weights, plan=plan, graph=graph)
-    return messages
+class Messages:
+    """Spherical harmonics of the edge vectors and the message sum, each side its own way."""
 
+    def __init__(self, implementation: str, plan, system: dict, instructions):
+        self.implementation = implementation
+        if implementation == "nffk":
+            graph = ConvGraph.build(system["senders"], system["receivers"], system["positions"].shape[0])
+            self.conv = lambda x, sh, w: conv(x, sh, w, plan=plan, graph=graph)  # noqa: E731
+            return
+        import e3nn.o3
+        tp = e3nn.o3.TensorProduct(NODE, SH, str(plan.irreps_out), instructions, shared_weights=False,
+                                   internal_weights=False)
+        senders, receivers = system["senders"], system["receivers"]
 
-def e3nn_messages(tp, system: dict, dim_out: int):
-    import e3nn.o3
-    senders, receivers = system["senders"], system["receivers"]
+        def unfused(x, sh, w):
+            per_edge = tp(x[senders], sh, w)
+            return per_edge.new_zeros(x.shape[0], plan.dim_out).index_add_(0, receivers, per_edge)
+        self.conv = unfused
 
-    def messages(x, vectors, weights):
-        sh = e3nn.o3.spherical_harmonics(SH, vectors, normalize=True, normalization="component")
-        per_edge = tp(x[senders], sh, weights)
-        return per_edge.new_zeros(x.shape[0], dim_out).index_add_(0, receivers, per_edge)
-    return messages
+    def __call__(self, x, vectors, weights):
+        if self.implementation == "nffk":
+            sh = spherical_harmonics(SH, vectors, normalize=True, normalization="component")
+        else:
+            import e3nn.o3
+            sh = e3nn.o3.spherical_harmonics(SH, vectors, normalize=True, normalization="component")
+        return self.conv(x, sh, weights)
 
 
 def build(system: dict, implementation: str):
     """(layer, messages) for one implementation; the same seeds give both sides the same weights."""
     channelwise = nffk.nn.ChannelwiseTensorProduct(NODE, SH, 2)
     layer = Layer(system, channelwise.plan)
-    if implementation == "nffk":
-        graph = ConvGraph.build(system["senders"], system["receivers"], system["positions"].shape[0])
-        return layer, nffk_messages(channelwise.plan, graph)
-    import e3nn.o3
     instructions = [(i.i_in1, i.i_in2, i.i_out, i.connection_mode, i.has_weight) for i in channelwise.instructions]
-    tp = e3nn.o3.TensorProduct(NODE, SH, str(channelwise.irreps_out), instructions, shared_weights=False,
-                               internal_weights=False)
-    return layer, e3nn_messages(tp, system, channelwise.plan.dim_out)
+    return layer, Messages(implementation, channelwise.plan, system, instructions)
+
+
+def conv_inputs(layer: Layer, system: dict) -> dict:
+    """Leaves for the `conv *` passes: the layer's SH and radial weights, detached."""
+    with torch.no_grad():
+        vectors = edge_vectors(system["positions"], system["senders"], system["receivers"], system["shifts"],
+                               system["cell"])
+        return {"sh": spherical_harmonics(SH, vectors, normalize=True, normalization="component"),
+                "w": layer.radial(vectors.norm(dim=-1))}
+
+
+def conv_step(pass_name: str, layer: Layer, messages: Messages, leaves: dict, target: torch.Tensor):
+    x = layer.features.detach().requires_grad_(pass_name != "conv forward")
+    sh, w = (leaves[k].clone().requires_grad_(pass_name != "conv forward") for k in ("sh", "w"))
+    if pass_name == "conv forward":
+        with torch.no_grad():
+            return [messages.conv(x, sh, w) @ layer.readout]
+    energy = (messages.conv(x, sh, w) @ layer.readout).sum()
+    if pass_name == "conv fwd+bwd":
+        energy.backward()
+        return [energy.detach(), x.grad, sh.grad, w.grad]
+    (gradient,) = torch.autograd.grad(energy, sh, create_graph=True)
+    loss = (gradient - target).pow(2).mean()
+    loss.backward()
+    return [loss.detach(), gradient.detach(), x.grad, w.grad]  # (sh.grad: none, the gradient is linear in sh)
 
 
 def step(pass_name: str, layer: Layer, messages, system: dict, forces_target: torch.Tensor | None = None):
     """One pass; returns what it computed (for the cross-check)."""
+    if pass_name in CONV_PASSES:
+        return conv_step(pass_name, layer, messages, system["leaves"], system["sh_target"])
     if pass_name == "forward":
         with torch.no_grad():
             return [layer.energy(system["positions"], system, messages)]
@@ -171,7 +206,15 @@ def step(pass_name: str, layer: Layer, messages, system: dict, forces_target: to
 
 
 def make_system(name: str, args) -> dict:
-    return periodic_system(args.atoms, args.neighbors) if name == "periodic" else molecule_batch(args.molecules)
+    system = periodic_system(args.atoms, args.neighbors) if name == "periodic" else molecule_batch(args.molecules)
+    return with_leaves(system)
+
+
+def with_leaves(system: dict) -> dict:
+    layer, _ = build(system, "nffk")
+    system["leaves"] = conv_inputs(layer, system)
+    system["sh_target"] = torch.randn(system["senders"].numel(), 9, generator=torch.Generator().manual_seed(1))
+    return system
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,7 +226,7 @@ def maxrss_bytes() -> int:
 
 def memory_child(args) -> None:
     torch.set_num_threads(args.threads)
-    tiny = periodic_system(64, 10)
+    tiny = with_leaves(periodic_system(64, 10))
     layer, messages = build(tiny, args.child_impl)
     step(args.child_pass, layer, messages, tiny, torch.zeros(64, 3))  # warm-up (code generation)
     system = make_system(args.child_system, args)
