@@ -16,8 +16,9 @@ energy read out from the scalar outputs. Passes:
 Systems: a periodic box of random atoms (~30 neighbours within the 5 Å cutoff) and a batch of
 small random molecules (9-29 atoms, ~QM9 density). Times are medians of interleaved repeats in
 one process. Peak memory (--memory) is measured for each (system, pass, implementation) in a
-fresh process: the growth of the resident-set high-water mark (ru_maxrss) over one step, after a
-warm-up step on a tiny system (e3nn's code generation) and after the inputs are built.
+fresh process: the peak resident set during one step (VmHWM, reset through /proc/self/clear_refs
+just before it) minus the resident set before it, after a warm-up step on a tiny system (e3nn's
+code generation) and after the inputs are built (Linux only).
 
     python bench/bench_conv_layer.py [--atoms 5000] [--neighbors 30] [--molecules 128] [--repeat 5]
                                      [--threads N] [--passes ...] [--memory] [--no-e3nn]
@@ -28,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -220,27 +220,35 @@ def with_leaves(system: dict) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Peak memory: one step in a fresh process
 # ------------------------------------------------------------------------------------------------
-def maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def proc_status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
 
 
 def memory_child(args) -> None:
     torch.set_num_threads(args.threads)
     tiny = with_leaves(periodic_system(64, 10))
     layer, messages = build(tiny, args.child_impl)
-    step(args.child_pass, layer, messages, tiny, torch.zeros(64, 3))  # warm-up (code generation)
+    for _ in range(2):  # warm-up (e3nn's code generation and TorchScript profiling runs)
+        step(args.child_pass, layer, messages, tiny, torch.zeros(64, 3))
     system = make_system(args.child_system, args)
     layer, messages = build(system, args.child_impl)
     target = torch.randn(system["positions"].shape[0], 3)
-    before = maxrss_bytes()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak resident set (VmHWM) to the current one (Linux >= 4.0)
+    before = proc_status_bytes("VmRSS")
     step(args.child_pass, layer, messages, system, target)
-    print(json.dumps({"peak_bytes": maxrss_bytes() - before}))
+    print(json.dumps({"peak_bytes": proc_status_bytes("VmHWM") - before}))
 
 
 def measure_memory(system_name: str, pass_name: str, implementation: str, args) -> float | None:
     command = [sys.executable, os.path.abspath(__file__), "--child-system", system_name, "--child-pass", pass_name,
                "--child-impl", implementation, "--atoms", str(args.atoms), "--neighbors", str(args.neighbors),
                "--molecules", str(args.molecules), "--threads", str(args.threads)]
+    # Peaks are the largest resident set during one step, so one step at a time: no other children.
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"  memory child failed ({implementation}, {system_name}, {pass_name}): {done.stderr[-500:]}")
@@ -257,6 +265,8 @@ def main(argv=None) -> int:
     parser.add_argument("--systems", nargs="+", default=["periodic", "molecules"], choices=["periodic", "molecules"])
     parser.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (e3nn's TorchScript "
+                        "profiling executor optimises after the first calls)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--memory", action="store_true", help="also measure peak memory (fresh processes)")
     parser.add_argument("--no-e3nn", action="store_true", help="time nffk only")
@@ -279,7 +289,10 @@ def main(argv=None) -> int:
         built = {name: build(system, name) for name in implementations}
         target = torch.randn(atoms, 3)
         for pass_name in args.passes:
-            outputs = {name: step(pass_name, *built[name], system, target) for name in implementations}  # warm-up
+            for _ in range(args.warmup - 1):
+                for name in implementations:
+                    step(pass_name, *built[name], system, target)
+            outputs = {name: step(pass_name, *built[name], system, target) for name in implementations}
             if "e3nn" in outputs:
                 worst = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
                             for a, b in zip(outputs["nffk"], outputs["e3nn"]))
@@ -304,7 +317,7 @@ def main(argv=None) -> int:
                 peaks = row["peak_bytes"]
                 line += " | peak " + " / ".join(f"{n} {peaks[n] / 2**20:.0f} MiB" if peaks[n] is not None
                                                   else f"{n} ?" for n in implementations)
-                if None not in peaks.values() and "e3nn" in peaks:
+                if None not in peaks.values() and "e3nn" in peaks and peaks["e3nn"] > 0:
                     row["memory_ratio"] = peaks["nffk"] / peaks["e3nn"]
                     line += f" (x{row['memory_ratio']:.2f})"
             print(line + f" | load {row['load']:.1f}", flush=True)
