@@ -7,7 +7,7 @@ import torch
 
 from nffk import _ext, backends
 from nffk.ops.conv import KERNELS, ConvGraph, conv, implemented_backends
-from nffk.ops.tensor_product import TensorProductPlan
+from nffk.ops.tensor_product import TensorProductPlan, tensor_product
 from nffk.testing import poisoned_outputs, random_tensor_product
 
 pytestmark = pytest.mark.skipif(not _ext.loaded(), reason="the compiled extension is not built")
@@ -86,6 +86,13 @@ def test_every_kernel_matches_the_reference(dtype, shared, seeded):
             assert torch.all(got[0][-2:] == 0) and torch.all(got[1][-2:] == 0)
 
 
+def unfused(x, sh, w, plan, graph):
+    """gather -> tensor product -> index_add: the conv without the conv op's autograd (an
+    independent check of which gradients the conv backward computes and skips)."""
+    messages = tensor_product(x[graph.senders], sh, w, plan, backend="reference")
+    return messages.new_zeros(x.shape[0], plan.dim_out).index_add(0, graph.receivers, messages)
+
+
 def test_backward_and_force_pattern_through_the_public_op(seeded):
     """Autograd through conv(..., backend="cpu"): gradients of every input, and the force-training
     pattern (gradient w.r.t. the edge attributes with create_graph, a loss on it, backward)."""
@@ -99,16 +106,20 @@ def test_backward_and_force_pattern_through_the_public_op(seeded):
                   torch.randn(e, plan.dim_in2, dtype=torch.float64, generator=seeded),
                   torch.randn(*(() if shared else (e,)), plan.weight_numel, dtype=torch.float64, generator=seeded)]
         results = {}
-        for backend in ("reference", "cpu"):
+        for backend in ("unfused", "reference", "cpu"):
             x, sh, w = (t.clone().requires_grad_() for t in inputs)
             with poisoned_outputs():
-                energy = conv(x, sh, w, plan=plan, graph=graph, backend=backend).pow(2).sum()
+                if backend == "unfused":
+                    energy = unfused(x, sh, w, plan, graph).pow(2).sum()
+                else:
+                    energy = conv(x, sh, w, plan=plan, graph=graph, backend=backend).pow(2).sum()
                 (force,) = torch.autograd.grad(energy, sh, create_graph=True)
                 loss = force.pow(2).sum() + energy
                 loss.backward()
             results[backend] = [energy.detach(), force.detach(), x.grad, sh.grad, w.grad]
-        for a, b in zip(results["cpu"], results["reference"]):
-            assert relative_error(a, b) <= 1e-11, config
+        for other in ("reference", "unfused"):
+            for a, b in zip(results["cpu"], results[other]):
+                assert relative_error(a, b) <= 1e-11, (other, config)
 
 
 @pytest.mark.parametrize("shared", [False, True])
