@@ -123,12 +123,6 @@ struct ChannelMajorNodes {
   }
 };
 
-// Asks for rows [row, row + bytes) to be brought into the cache ahead of use.
-inline void prefetch_bytes(const void* row, int64_t bytes) {
-  const char* p = static_cast<const char*>(row);
-  for (int64_t at = 0; at < bytes; at += 64) __builtin_prefetch(p + at);
-}
-
 // Edges per task chunk: a few dozen tiles, so that scratch and segment state are amortised.
 constexpr int64_t kEdgesPerChunk = 512;
 

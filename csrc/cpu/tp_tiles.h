@@ -631,6 +631,12 @@ inline void check_io(const char* op, std::initializer_list<std::pair<const char*
   TORCH_CHECK(out.device().is_cpu() && out.is_contiguous(), op, ": out must be a contiguous CPU tensor");
 }
 
+// Asks for [row, row + bytes) to be brought into the cache ahead of use.
+inline void prefetch_bytes(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t at = 0; at < bytes; at += 64) __builtin_prefetch(p + at);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Per-element driver: every element's output is its own row (or, for shared weight gradients, a
 // fixed-order sum over fixed blocks of elements: the same bits for any thread count).
@@ -687,6 +693,13 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
     TPScratch<T> s(prog, kernel, dim2);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
+      // Gathered rows (the convolution's x at senders, g at receivers) are scattered in memory:
+      // fetch the next tile's while this one computes.
+      for (const Rows<const T>* rows : {&in.x1, &in.g}) {
+        if (rows->index == nullptr || rows->base == nullptr) continue;
+        for (int64_t e = e0 + TE; e < std::min(e0 + 2 * TE, batch); ++e)
+          if (rows->index[e] != rows->index[e - 1]) prefetch_bytes(rows->row(e), rows->stride * int64_t(sizeof(T)));
+      }
       const TileIO<T> io = tile_at(e0, count, out_rows);
       switch (kernel) {
         case Kernel::kForward: {
