@@ -228,3 +228,20 @@ class TestMisuse:
             op(x[:3], sh, w, *graph, *args, torch.empty(3, self.plan.dim_out))
         with pytest.raises(RuntimeError, match="one row per edge|rows for"):
             op(x, sh, w[:3], *graph, *args, out)
+
+
+def test_opcheck_of_the_cpu_ops(seeded):
+    """The custom ops' fake kernels, schemas and autograd registration agree with the cpu kernels."""
+    plan = make_plan(random_tensor_product(seeded, modes=("uvu", "uvw"), lmax=2, max_mul=3, max_paths=4))
+    senders, receivers, n = random_graph(seeded, "random", num_nodes=7)
+    graph = ConvGraph.build(senders, receivers, n)
+    e = senders.numel()
+    x = torch.randn(n, plan.dim_in1, generator=seeded, requires_grad=True)
+    sh = torch.randn(e, plan.dim_in2, generator=seeded, requires_grad=True)
+    w = torch.randn(e, plan.weight_numel, generator=seeded, requires_grad=True)
+    g = torch.randn(n, plan.dim_out, generator=seeded, requires_grad=True)
+    ops = torch.ops.nffk
+    torch.library.opcheck(ops.conv_forward.default, (x, sh, w, *graph, plan.id, "cpu", False))
+    torch.library.opcheck(ops.conv_vjp_x.default, (g, sh, w, *graph, plan.id, "cpu", False))
+    torch.library.opcheck(ops.conv_vjp_sh.default, (x, g, w, *graph, plan.id, "cpu", True))
+    torch.library.opcheck(ops.conv_vjp_w.default, (x, sh, g, *graph, plan.id, "cpu", True))
