@@ -1,4 +1,4 @@
-"""GPU benchmarks: nffk's GPU backends against e3nn, cuEquivariance and OpenEquivariance, one table.
+"""GPU benchmarks: nffk's GPU backends (triton, cuda) against e3nn, cuEquivariance and OpenEquivariance.
 
     python bench/bench_gpu.py               # every GPU case (exits with a message without a GPU)
     python bench/bench_gpu.py --quick       # batch sizes / 10, fewer repeats
@@ -8,8 +8,10 @@
 Cases: the tensor-product configs of bench_tensor_product.py (forward, forward+backward), the
 fused conv of a NequIP-like layer (5,000 atoms x 30 neighbours), spherical harmonics
 l <= 2, 4, 6, 8 of 200,000 vectors, and the neighbour list of Cu fcc (4,000 and 16,384 atoms,
-cutoff 5 A). Peers appear where installed: e3nn, cuEquivariance (its CUDA kernels when
-cuequivariance_ops_torch imports, else it is skipped), OpenEquivariance, sphericart, vesin.
+cutoff 5 A). nffk's "cuda" backend (csrc/cuda) gets a row wherever the extension was built with
+CUDA (tensor product, conv, spherical harmonics, neighbour list). Peers appear where installed: e3nn,
+cuEquivariance (its CUDA kernels when cuequivariance_ops_torch imports, else it is skipped),
+OpenEquivariance, sphericart, vesin.
 Every time is the median of several runs with the device synchronised around each (timing.py);
 "floor" is max(bytes / HBM bandwidth, FLOPs / FP32 peak) on an H100 SXM (see NOTES.md).
 """
@@ -259,6 +261,9 @@ def conv_cases(quick: bool, repeat: int, device) -> list:
         "nffk[triton] fused": lambda x, sh, w: conv(x, sh, w, plan=plan, graph=graph, backend="triton"),
         "nffk[reference] unfused": lambda x, sh, w: conv(x, sh, w, plan=plan, graph=graph, backend="reference"),
     }
+    why = backends.unavailable_reason("cuda", device)
+    impls["nffk[cuda] fused"] = ((lambda x, sh, w: conv(x, sh, w, plan=plan, graph=graph, backend="cuda"))
+                                 if why is None else f"n/a ({why})")
     try:
         import e3nn.o3
         instructions = [(i.i_in1, i.i_in2, i.i_out, i.connection_mode, i.has_weight) for i in module.instructions]
@@ -296,6 +301,7 @@ def conv_cases(quick: bool, repeat: int, device) -> list:
 
 def sh_cases(quick: bool, repeat: int, device) -> list:
     from nffk.o3.spherical_harmonics import _scaled_coefficients
+    from nffk.ops.spherical_harmonics import spherical_harmonics
     kernels = backends.triton_kernels().spherical_harmonics
     vectors = SH["vectors"] // (10 if quick else 1)
     rows = []
@@ -305,6 +311,9 @@ def sh_cases(quick: bool, repeat: int, device) -> list:
         inputs = [(torch.randn(vectors, 3, device=device),) for _ in range(2)]
         impls = {"nffk[triton]": lambda x: kernels.forward(torch.nn.functional.normalize(x, dim=-1), degrees,
                                                            coefficients)}
+        why = backends.unavailable_reason("cuda", device)
+        impls["nffk[cuda]"] = ((lambda x: spherical_harmonics(list(degrees), x, True, "component", backend="cuda"))
+                               if why is None else f"n/a ({why})")
         try:
             import e3nn.o3
             impls["e3nn"] = lambda x: e3nn.o3.spherical_harmonics(list(degrees), x, True, "component")
@@ -348,6 +357,9 @@ def nl_cases(quick: bool, repeat: int, device) -> list:
     for cells in NL["cells"][:1] if quick else NL["cells"]:
         positions, cell = fcc(cells, device)
         impls = {"nffk[triton]": lambda p, c: neighbor_list(p, NL["cutoff"], c, backend="triton")}
+        why = backends.unavailable_reason("cuda", device)
+        impls["nffk[cuda]"] = ((lambda p, c: neighbor_list(p, NL["cutoff"], c, backend="cuda"))
+                               if why is None else f"n/a ({why})")
         cpu_positions, cpu_cell = positions.cpu(), cell.cpu()
         impls["nffk[cpu] (CPU, for scale)"] = (
             (lambda p, c: neighbor_list(cpu_positions, NL["cutoff"], cpu_cell, backend="cpu"))

@@ -191,9 +191,21 @@ def _grid(positions, system, system_ptr, cells, pbc, cutoff):
     }
 
 
+def triton_search(tensors, counts, offsets, senders, images, fill: bool, cutoff_sq: float, image_bias: int,
+                  image_width: int, self_interaction: bool):
+    """Step 2 with the Triton kernel: counts[i] (fill=False), or receiver i's (sender, image) pairs
+    written at offsets[i] onwards (fill=True). `tensors` are the binning tables of step 1."""
+    _search_kernel[(counts.shape[0],)](counts, offsets, senders, images, *tensors, cutoff_sq=cutoff_sq,
+                                       image_bias=image_bias, image_width=image_width,
+                                       SELF_INTERACTION=bool(self_interaction), FILL=fill, NP=_PARAMS, BLOCK=BLOCK)
+
+
 def neighbor_list(positions, system_ptr, cells, pbc, cutoff: float, self_interaction: bool, distances: bool,
-                  vectors: bool):
-    """(senders, receivers, shifts, ptr, distances, vectors) like torch.ops.nffk_C.neighbor_list."""
+                  vectors: bool, search=triton_search):
+    """(senders, receivers, shifts, ptr, distances, vectors) like torch.ops.nffk_C.neighbor_list.
+
+    `search` runs step 2 (signature of `triton_search`); nffk.ops.neighbor_list passes the CUDA
+    kernel's (csrc/cuda/neighbor_list.cu) for its "cuda" backend: steps 1 and 3 are shared."""
     device = positions.device
     num_atoms, num_systems = positions.shape[0], cells.shape[0]
     long = dict(dtype=torch.int64, device=device)
@@ -214,18 +226,18 @@ def neighbor_list(positions, system_ptr, cells, pbc, cutoff: float, self_interac
         raise ValueError("neighbor_list: too many periodic images (a cell is many thousand times thinner "
                          "than the cutoff)")
     args = dict(cutoff_sq=float(cutoff) ** 2, image_bias=grid["max_image"], image_width=width,
-                SELF_INTERACTION=bool(self_interaction), NP=_PARAMS, BLOCK=BLOCK)
+                self_interaction=bool(self_interaction))
     tensors = [grid["wrapped"], system, grid["bin3"], slot_xyz[0], slot_xyz[1], slot_xyz[2], order, bin_start,
                grid["params"], cells.double().contiguous(), grid["wrap_bin"], grid["wrap_image"]]
     counts = torch.empty(num_atoms, **long)
-    _search_kernel[(num_atoms,)](counts, counts, counts, counts, *tensors, FILL=False, **args)
+    search(tensors, counts, counts, counts, counts, False, **args)
     ptr = torch.zeros(num_atoms + 1, **long)
     torch.cumsum(counts, 0, out=ptr[1:])
     num_pairs = int(ptr[-1])  # host synchronisation: the output size
     senders = torch.empty(num_pairs, **long)
     images = torch.empty(num_pairs, **long)
     if num_pairs:
-        _search_kernel[(num_atoms,)](counts, ptr, senders, images, *tensors, FILL=True, **args)
+        search(tensors, counts, ptr, senders, images, True, **args)
     receivers = torch.repeat_interleave(torch.arange(num_atoms, device=device), counts, output_size=num_pairs)
 
     # Sort by (receiver, sender, image): one key when it fits in 63 bits, else two stable sorts.

@@ -1,30 +1,13 @@
-"""Atomic file writes: a file is written under a temporary name in the same folder, flushed
-to disk and renamed over its final name, so a run killed at any moment leaves either the
-complete old file, the complete new file, or a stray `*.tmp` that readers ignore."""
+"""Dataset files written atomically (see nffk._files): a run killed at any moment leaves the
+complete old file, the complete new file, or a stray `.*.tmp` that readers ignore and
+`remove_temp_files` deletes."""
 import json
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-TEMP_SUFFIX = ".tmp"
-
-
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-
-
-def _replace(temp: Path, path: Path) -> None:
-    os.replace(temp, path)
-    try:  # make the rename itself durable; not every file system lets a folder be opened
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+from nffk._files import TEMP_SUFFIX, atomic_file
 
 
 def _write_npz(f, arrays) -> None:
@@ -38,30 +21,14 @@ def _write_npz(f, arrays) -> None:
 
 
 def atomic_save_npz(path, **arrays) -> None:
-    path = Path(path)
-    temp = _temp_path(path)
-    try:
-        with open(temp, "wb") as f:
-            _write_npz(f, arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        _replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    with atomic_file(path, "wb") as f:
+        _write_npz(f, arrays)
 
 
 def atomic_write_json(path, obj) -> None:
-    path = Path(path)
-    temp = _temp_path(path)
-    try:
-        with open(temp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        _replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    with atomic_file(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
 
 
 def remove_temp_files(folder) -> int:

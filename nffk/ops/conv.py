@@ -24,6 +24,7 @@ import torch
 
 from nffk import backends
 from nffk.ops import _outputs, _plans
+from nffk.ops.tensor_product import CUDA_DTYPES, cuda_program
 from nffk.ops.tensor_product import DTYPES as TP_DTYPES
 from nffk.ops.tensor_product import SUPPORTS as TP_SUPPORTS
 from nffk.ops.tensor_product import ReferenceKernels as ReferenceTP
@@ -118,11 +119,42 @@ class CpuKernels:
         return _cpu(torch.ops.nffk_C.conv_vjp_w, plan, (x, sh, g), graph, shape)
 
 
+def _cuda(kernel: int, plan, a, b, w, graph, out_shape, flag):
+    out = _outputs.new(out_shape, a)
+    torch.ops.nffk_C.conv_cuda(kernel, a.contiguous(), b.contiguous(), w.contiguous(), *graph,
+                               *cuda_program(plan, a.device, a.dtype), flag, out)
+    return out
+
+
+class CudaKernels:
+    """csrc/cuda/conv.cu: the cuda tensor-product threads over the CSR views, fused and
+    deterministic (one thread per receiver or sender and channel sums its edges in order)."""
+
+    @staticmethod
+    def forward(plan, x, sh, w, graph, weighted_only):
+        return _cuda(0, plan, x, sh, w, graph, (x.shape[0], plan.dim_out), weighted_only)
+
+    @staticmethod
+    def vjp_x(plan, g, sh, w, graph, weighted_only):
+        return _cuda(1, plan, g, sh, w, graph, (g.shape[0], plan.dim_in1), weighted_only)
+
+    @staticmethod
+    def vjp_sh(plan, x, g, w, graph, weighted_only):
+        return _cuda(2, plan, x, g, w, graph, (graph.senders.shape[0], plan.dim_in2), weighted_only)
+
+    @staticmethod
+    def vjp_w(plan, x, sh, g, graph, shared):
+        shape = (plan.weight_numel,) if shared else (graph.senders.shape[0], plan.weight_numel)
+        return _cuda(3, plan, x, sh, g, graph, shape, False)
+
+
 # Backend name -> kernels, which plans each supports, and the dtypes it computes in (missing: any).
 # "triton": kernels/conv.py, fused and deterministic (receiver / sender CSR segments, no atomics).
-KERNELS = {"reference": ReferenceKernels, "cpu": CpuKernels, "triton": backends.TritonModule("conv")}
-SUPPORTS = {"reference": lambda plan: True, "cpu": TP_SUPPORTS["cpu"], "triton": lambda plan: True}
-DTYPES = {"cpu": TP_DTYPES["cpu"]}
+KERNELS = {"reference": ReferenceKernels, "cpu": CpuKernels, "triton": backends.TritonModule("conv"),
+           "cuda": CudaKernels}
+SUPPORTS = {"reference": lambda plan: True, "cpu": TP_SUPPORTS["cpu"], "triton": lambda plan: True,
+            "cuda": TP_SUPPORTS["cuda"]}
+DTYPES = {"cpu": TP_DTYPES["cpu"], "cuda": CUDA_DTYPES}
 
 
 def implemented_backends(plan: TensorProductPlan, dtype: torch.dtype | None = None) -> tuple:

@@ -11,12 +11,14 @@ different sizes, cells and periodicities are handled in one call through the `ba
 no pair ever crosses two systems.
 
 Backends: ``"cpu"`` is a C++/OpenMP cell list (csrc/cpu/neighbor_list.cpp), ``"triton"`` the same
-cell list for CUDA tensors (kernels/neighbor_list.py); ``"reference"`` is
+cell list for CUDA tensors (kernels/neighbor_list.py), ``"cuda"`` that one with its search kernel
+in CUDA (csrc/cuda/neighbor_list.cu); ``"reference"`` is
 a pure-torch brute force over all pairs and every periodic image that can matter, the oracle
 the C++ kernel is tested against (and which is itself tested against ase). Neighbour lists are
 integer outputs and are not differentiated; build differentiable edge vectors with
 `edge_vectors`.
 """
+import importlib.util
 import math
 from typing import NamedTuple, Optional
 
@@ -24,8 +26,16 @@ import torch
 
 from nffk import backends
 
-IMPLEMENTED = ("reference", "cpu", "triton")
+# "cuda": the search of csrc/cuda/neighbor_list.cu inside the Triton module's torch-side binning
+# and sorting (so it needs the triton package as well).
+IMPLEMENTED = ("reference", "cpu", "triton") + (("cuda",) if importlib.util.find_spec("triton") else ())
 _TRITON = backends.TritonModule("neighbor_list")  # kernels/neighbor_list.py: the same cell list on the GPU
+
+
+def _cuda_search(tensors, counts, offsets, senders, images, fill, cutoff_sq, image_bias, image_width,
+                 self_interaction):
+    torch.ops.nffk_C.nl_search_cuda(*tensors, cutoff_sq, image_bias, image_width, self_interaction, fill, offsets,
+                                    counts, senders, images)
 DEFAULT_MAX_PAIRS = 200_000_000  # ~10 GB of output; raise it explicitly for bigger requests
 
 
@@ -348,8 +358,9 @@ def neighbor_list(positions: torch.Tensor, cutoff: float, cell: Optional[torch.T
                          f"(more than max_pairs={max_pairs:.3g}; ~{48 * estimate / 2**30:.3g} GiB); lower the "
                          "cutoff, check the cell and positions units, or raise max_pairs")
 
-    if chosen in ("cpu", "triton"):
-        kernel = torch.ops.nffk_C.neighbor_list if chosen == "cpu" else _TRITON.neighbor_list
+    if chosen in ("cpu", "triton", "cuda"):
+        kernel = {"cpu": torch.ops.nffk_C.neighbor_list, "triton": _TRITON.neighbor_list,
+                  "cuda": lambda *args: _TRITON.neighbor_list(*args, search=_cuda_search)}[chosen]
         senders, receivers, shifts, ptr, distances, vectors = kernel(
             systems.positions, systems.ptr, eff, systems.pbc, systems.cutoff, self_interaction,
             return_distances, return_vectors)

@@ -1,7 +1,8 @@
 """Real spherical harmonics of edge vectors (e3nn conventions), dispatched to a backend.
 
 The reference is `nffk.o3.spherical_harmonics` (pure torch, differentiable to any order). The
-`cpu` backend is three custom ops over compiled kernels (csrc/cpu/spherical_harmonics.cpp):
+`cpu` and `cuda` backends are three custom ops over compiled kernels (csrc/cpu/spherical_harmonics.cpp,
+csrc/cuda/spherical_harmonics.cu; the same element-level code, nffk/spherical_harmonics.h):
 
     sh_forward(x)          Y(x)
     sh_vjp(x, gY)          gx = (dY/dx)^T gY                        (forces)
@@ -11,6 +12,10 @@ Derivatives use the ladder identities of solid harmonics: every Cartesian deriva
 (component-normalised, homogeneous) Y_l^m is a combination of at most two Y_{l-1}^{m'}, so
 first and second derivatives cost a few multiply-adds per component and no extra recurrence
 (`gradient_table`). Third and higher derivatives fall back to differentiating the reference.
+
+The `triton` backend (kernels/spherical_harmonics.py) works on raw vectors: normalisation is done
+in torch around four custom ops (values, vjp, jvp, Hessian-vector product) that close under
+differentiation up to second order; third derivatives again use the reference.
 """
 from __future__ import annotations
 
@@ -22,11 +27,14 @@ from typing import List, Tuple
 import torch
 
 from nffk import backends, o3
-from nffk.o3.spherical_harmonics import _degrees, _sqrt_rational, spherical_harmonics_coefficients
+from nffk.o3.spherical_harmonics import (_degrees, _scaled_coefficients, _sqrt_rational,
+                                         spherical_harmonics_coefficients)
 from nffk.ops import _outputs
 
-IMPLEMENTED = ("reference", "cpu")
 CPU_DTYPES = (torch.float32, torch.float64)
+# Backend -> the dtypes it computes in ("triton" converts others to float32 and back).
+DTYPES = {"cpu": CPU_DTYPES, "cuda": CPU_DTYPES}
+CUDA_LMAX = 10  # the cuda kernels keep (lmax + 1)^2 values per thread in registers / local memory
 NORMALIZATIONS = ("integral", "component", "norm")  # numbered 0, 1, 2 for the kernels
 NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's, as e3nn uses it
 
@@ -93,17 +101,27 @@ def _tables(lmax: int):
     return coefficients.a, coefficients.b, source, gradient
 
 
-def _cpu_args(ls: List[int]):
-    return _tables(max(ls))
+@functools.lru_cache(maxsize=None)
+def _device_tables(lmax: int, device: torch.device, dtype: torch.dtype):
+    a, b, source, gradient = _tables(lmax)
+    return a.to(device, dtype), b.to(device, dtype), source.to(device), gradient.to(device, dtype)
+
+
+def _kernel_args(ls: List[int], x: torch.Tensor):
+    """The tables of the compiled kernels: float64 on the CPU; on a GPU cached in device memory in
+    x's dtype (built on first use, so the hot path copies nothing to the device)."""
+    if x.device.type == "cpu":
+        return _tables(max(ls))
+    return _device_tables(max(ls), x.device, x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
-# Custom ops of the cpu backend
+# Custom ops of the cpu and cuda backends (torch.ops.nffk_C dispatches on the device)
 # ---------------------------------------------------------------------------------------------
 @torch.library.custom_op("nffk::sh_forward", mutates_args=())
 def _sh_forward(x: torch.Tensor, ls: List[int], normalize: bool, normalization: int) -> torch.Tensor:
     out = _outputs.new((x.shape[0], sum(2 * l + 1 for l in ls)), x)
-    torch.ops.nffk_C.sh_forward(x.contiguous(), ls, normalize, normalization, *_cpu_args(ls), out)
+    torch.ops.nffk_C.sh_forward(x.contiguous(), ls, normalize, normalization, *_kernel_args(ls, x), out)
     return out
 
 
@@ -111,7 +129,7 @@ def _sh_forward(x: torch.Tensor, ls: List[int], normalize: bool, normalization: 
 def _sh_vjp(x: torch.Tensor, grad: torch.Tensor, ls: List[int], normalize: bool,
             normalization: int) -> torch.Tensor:
     out = _outputs.new((x.shape[0], 3), x)
-    torch.ops.nffk_C.sh_vjp(x.contiguous(), grad.contiguous(), ls, normalize, normalization, *_cpu_args(ls), out)
+    torch.ops.nffk_C.sh_vjp(x.contiguous(), grad.contiguous(), ls, normalize, normalization, *_kernel_args(ls, x), out)
     return out
 
 
@@ -121,7 +139,7 @@ def _sh_vjp_vjp(x: torch.Tensor, grad: torch.Tensor, h: torch.Tensor, ls: List[i
     grad_x = _outputs.new((x.shape[0], 3), x)
     grad_grad = _outputs.new(grad.shape, x)
     torch.ops.nffk_C.sh_vjp_vjp(x.contiguous(), grad.contiguous(), h.contiguous(), ls, normalize, normalization,
-                                *_cpu_args(ls), grad_x, grad_grad)
+                                *_kernel_args(ls, x), grad_x, grad_grad)
     return grad_x, grad_grad
 
 
@@ -182,6 +200,118 @@ _sh_vjp_vjp.register_autograd(_backward_vjp_vjp, setup_context=_save)
 
 
 # ---------------------------------------------------------------------------------------------
+# Custom ops of the triton backend, on raw (unnormalised) vectors
+# ---------------------------------------------------------------------------------------------
+_triton = backends.TritonModule("spherical_harmonics")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_coefficients(lmax: int, normalization: int, device: torch.device, dtype: torch.dtype):
+    a, b = _scaled_coefficients(lmax, NORMALIZATIONS[normalization])
+    return _triton.coefficient_tensor(a, b, device, dtype)
+
+
+def _triton_args(ls, normalization, x):
+    dtype = x.dtype if x.dtype in CPU_DTYPES else torch.float32
+    return tuple(ls), _triton_coefficients(max(ls), normalization, x.device, dtype)
+
+
+@torch.library.custom_op("nffk::sh_triton_forward", mutates_args=())
+def _sh_triton_forward(x: torch.Tensor, ls: List[int], normalization: int) -> torch.Tensor:
+    return _triton.forward(x, *_triton_args(ls, normalization, x))
+
+
+@torch.library.custom_op("nffk::sh_triton_vjp", mutates_args=())
+def _sh_triton_vjp(x: torch.Tensor, grad: torch.Tensor, ls: List[int], normalization: int) -> torch.Tensor:
+    return _triton.vjp(x, grad, *_triton_args(ls, normalization, x))
+
+
+@torch.library.custom_op("nffk::sh_triton_jvp", mutates_args=())
+def _sh_triton_jvp(x: torch.Tensor, k: torch.Tensor, ls: List[int], normalization: int) -> torch.Tensor:
+    return _triton.jvp(x, k, *_triton_args(ls, normalization, x))
+
+
+@torch.library.custom_op("nffk::sh_triton_hvp", mutates_args=())
+def _sh_triton_hvp(x: torch.Tensor, grad: torch.Tensor, k: torch.Tensor, ls: List[int],
+                   normalization: int) -> torch.Tensor:
+    return _triton.hvp(x, grad, k, *_triton_args(ls, normalization, x))
+
+
+@_sh_triton_forward.register_fake
+def _(x, ls, normalization):
+    return x.new_empty(x.shape[0], sum(2 * l + 1 for l in ls))
+
+
+@_sh_triton_vjp.register_fake
+def _(x, grad, ls, normalization):
+    return x.new_empty(x.shape[0], 3)
+
+
+@_sh_triton_jvp.register_fake
+def _(x, k, ls, normalization):
+    return x.new_empty(x.shape[0], sum(2 * l + 1 for l in ls))
+
+
+@_sh_triton_hvp.register_fake
+def _(x, grad, k, ls, normalization):
+    return x.new_empty(x.shape[0], 3)
+
+
+def _save_triton(ctx, inputs, output):
+    ctx.save_for_backward(*(t for t in inputs if isinstance(t, torch.Tensor)))
+    ctx.options = inputs[-2:]  # ls, normalization
+
+
+def _triton_backward_forward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return torch.ops.nffk.sh_triton_vjp(x, grad, *ctx.options), None, None
+
+
+def _triton_backward_vjp(ctx, h):
+    # vjp(x, g) = J(x)^T g: d<h, .>/dg = J h, d<h, .>/dx = sum_c g_c Hess(Y_c) h.
+    x, grad = ctx.saved_tensors
+    return (torch.ops.nffk.sh_triton_hvp(x, grad, h, *ctx.options),
+            torch.ops.nffk.sh_triton_jvp(x, h, *ctx.options), None, None)
+
+
+def _triton_backward_jvp(ctx, h):
+    # jvp(x, k) = J(x) k: d<h, .>/dk = J^T h, d<h, .>/dx = sum_c h_c Hess(Y_c) k.
+    x, k = ctx.saved_tensors
+    return (torch.ops.nffk.sh_triton_hvp(x, h, k, *ctx.options),
+            torch.ops.nffk.sh_triton_vjp(x, h, *ctx.options), None, None)
+
+
+def _reference_hvp(x, grad, k, ls, normalization):
+    def vjp(x_):
+        return torch.func.vjp(lambda v: o3.spherical_harmonics(ls, v, False, NORMALIZATIONS[normalization]),
+                              x_)[1](grad)[0]
+
+    return torch.func.jvp(vjp, (x,), (k,))[1]
+
+
+def _triton_backward_hvp(ctx, out):
+    # Third derivatives (rare): differentiate the reference's Hessian-vector product.
+    x, grad, k = ctx.saved_tensors
+    ls, normalization = ctx.options
+    _, pullback = torch.func.vjp(lambda *t: _reference_hvp(*t, ls, normalization), x, grad, k)
+    return (*pullback(out), None, None)
+
+
+_sh_triton_forward.register_autograd(_triton_backward_forward, setup_context=_save_triton)
+_sh_triton_vjp.register_autograd(_triton_backward_vjp, setup_context=_save_triton)
+_sh_triton_jvp.register_autograd(_triton_backward_jvp, setup_context=_save_triton)
+_sh_triton_hvp.register_autograd(_triton_backward_hvp, setup_context=_save_triton)
+
+
+def implemented_backends(ls, dtype: torch.dtype) -> tuple:
+    """Backends that implement these degrees in this dtype."""
+    names = ["reference", "triton"]
+    if dtype in CPU_DTYPES:
+        names += ["cpu"] + (["cuda"] if max(ls) <= CUDA_LMAX else [])
+    return tuple(names)
+
+
+# ---------------------------------------------------------------------------------------------
 # Public entry point
 # ---------------------------------------------------------------------------------------------
 def spherical_harmonics(ls, x: torch.Tensor, normalize: bool = True, normalization: str = "integral",
@@ -195,12 +325,16 @@ def spherical_harmonics(ls, x: torch.Tensor, normalize: bool = True, normalizati
         raise ValueError(f"x must be a tensor of shape [..., 3], got {shape}")
     if not x.dtype.is_floating_point:
         raise ValueError(f"x must be a floating point tensor, got {x.dtype}")
-    backends.check_dtype("spherical_harmonics", backend, x.dtype, {"cpu": CPU_DTYPES})
+    backends.check_dtype("spherical_harmonics", backend, x.dtype, DTYPES)
     # (whether the compiled extension is loaded is checked by backends.resolve, with its reason)
-    implemented = IMPLEMENTED if x.dtype in CPU_DTYPES else ("reference",)
-    chosen = backends.resolve("spherical_harmonics", backend, x.device, implemented)
+    chosen = backends.resolve("spherical_harmonics", backend, x.device, implemented_backends(degrees, x.dtype))
     if chosen == "reference":
         return o3.spherical_harmonics(degrees, x, normalize, normalization)
     flat = x.reshape(-1, 3)
-    out = torch.ops.nffk.sh_forward(flat, degrees, bool(normalize), NORMALIZATIONS.index(normalization))
+    if chosen == "triton":
+        if normalize:
+            flat = torch.nn.functional.normalize(flat, dim=-1, eps=NORMALIZE_EPS)
+        out = torch.ops.nffk.sh_triton_forward(flat, degrees, NORMALIZATIONS.index(normalization))
+    else:
+        out = torch.ops.nffk.sh_forward(flat, degrees, bool(normalize), NORMALIZATIONS.index(normalization))
     return out.reshape(*x.shape[:-1], out.shape[-1])

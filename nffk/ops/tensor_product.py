@@ -18,6 +18,7 @@ Conventions are e3nn's: `mul_ir` layout of inputs and outputs, instruction tuple
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
@@ -394,14 +395,140 @@ class CpuKernels:
         return _cpu(torch.ops.nffk_C.tp_vjp_w, plan, (x1, x2, g), shape)
 
 
+# ---------------------------------------------------------------------------------------------
+# CUDA backend: csrc/cuda/tensor_product.cu (element-level arithmetic again from
+# csrc/include/nffk/tensor_product.h), one thread per (row, output channel). Its tables (the
+# "program") are built here once per plan, device and dtype and stay in device memory, so a call
+# copies nothing to the device and never waits for it (CUDA-graph capture works).
+# ---------------------------------------------------------------------------------------------
+CUDA_MODES = ("uvu", "uvw")
+CUDA_DTYPES = (torch.float32, torch.float64)
+CUDA_LMAX = 6  # csrc/cuda/launchers.h kTPMaxD = 2 * 6 + 1
+# Entries of the layout list handed with the program (csrc/cuda/ops.cpp enum Layout).
+CUDA_LAYOUT = ("paths", "pairs", "cg_j", "out_segments", "out_group", "out_slots", "out_num_slots", "x1_segments",
+               "x1_group", "x1_slots", "x1_num_slots", "x2_segments", "x2_group", "x2_slots", "x2_num_slots",
+               "weight_slots", "dim1", "dim2", "dim_out", "weight_numel", "max_d")
+
+
+def _cuda_supports(plan: TensorProductPlan) -> bool:
+    return all(p.mode in CUDA_MODES and max(p.l1, p.l2, p.l3) <= CUDA_LMAX for p in plan.paths)
+
+
+def _role_tables(kept: list, block, dim: int) -> tuple:
+    """Segments [offset, mul, d, group_begin, group_end] covering a row of `dim` (the blocks the
+    kept paths produce, plus the gaps between them as d = 1 segments with no paths), the paths
+    grouped by segment, and the (segment, channel) slots: one thread per slot and row."""
+    blocks = {}
+    for n, path in enumerate(kept):
+        offset, mul, d = block(path)
+        if offset in blocks and blocks[offset][:2] != [mul, d]:
+            raise ValueError(f"paths disagree on the block at offset {offset}")
+        blocks.setdefault(offset, [mul, d, []])[2].append(n)
+    segments, group, at = [], [], 0
+    for offset in sorted(blocks):
+        mul, d, paths = blocks[offset]
+        if offset > at:
+            segments.append([at, offset - at, 1, 0, 0])
+        segments.append([offset, mul, d, len(group), len(group) + len(paths)])
+        group += paths
+        at = offset + mul * d
+    if at < dim:
+        segments.append([at, dim - at, 1, 0, 0])
+    slots = [[s, c] for s, seg in enumerate(segments) for c in range(seg[1])]
+    return segments, group, slots
+
+
+def cuda_program(plan: TensorProductPlan, device, dtype) -> tuple:
+    """(program int32, layout list, cg_value, coefficients) for csrc/cuda: built once per plan,
+    device and dtype and cached on the plan."""
+    key = ("cuda", torch.device(device), dtype)
+    if key in plan._tables:
+        return plan._tables[key]
+    kept = [p for p in plan.paths if p.cg_end > p.cg_begin and min(p.mul1, p.mul2, p.mul_out) > 0]
+    index, value = plan.cg_index.tolist(), plan.cg_value.tolist()
+    paths, pairs, cg_j, cg_value = [], [], [], []
+    for p in kept:  # CG non-zeros sorted by (m3, m1, m2); runs of equal (m1, m3) are pairs
+        begin = len(pairs)
+        for e in sorted(range(p.cg_begin, p.cg_end), key=lambda e: (index[e][2], index[e][0], index[e][1])):
+            i, j, k = index[e]
+            if len(pairs) == begin or pairs[-1][:2] != [i, k]:
+                pairs.append([i, k, len(cg_j), len(cg_j)])
+            cg_j.append(j)
+            cg_value.append(value[e])
+            pairs[-1][3] = len(cg_j)
+        paths.append([MODES.index(p.mode), 2 * p.l1 + 1, 2 * p.l2 + 1, 2 * p.l3 + 1, p.mul1, p.mul2, p.mul_out,
+                      p.offset1, p.offset2, p.offset_out, p.weight_offset, int(p.has_weight), begin, len(pairs)])
+    roles = [_role_tables(kept, lambda p: (p.offset_out, p.mul_out, 2 * p.l3 + 1), plan.dim_out),
+             _role_tables(kept, lambda p: (p.offset1, p.mul1, 2 * p.l1 + 1), plan.dim_in1),
+             _role_tables(kept, lambda p: (p.offset2, p.mul2, 2 * p.l2 + 1), plan.dim_in2)]
+    weight_slots = []  # one per weight, in e3nn's flat order: (kept path or -1, u, v, w)
+    for p in plan.paths:
+        if p.has_weight:
+            n = next((n for n, q in enumerate(kept) if q is p), -1)
+            weight_slots += [[n, *uvw] if p.mode == "uvw" else [n, *uvw, 0]
+                             for uvw in itertools.product(*(range(size) for size in p.weight_shape))]
+    parts, layout = [], {}
+
+    def add(name, rows, width):
+        layout[name] = sum(len(part) for part in parts)
+        parts.append([v for row in rows for v in row] if rows else [])
+        assert all(len(row) == width for row in rows)
+
+    add("paths", paths, 14)
+    add("pairs", pairs, 4)
+    add("cg_j", [[j] for j in cg_j], 1)
+    for name, (segments, group, slots) in zip(("out", "x1", "x2"), roles):
+        add(f"{name}_segments", segments, 5)
+        add(f"{name}_group", [[n] for n in group], 1)
+        add(f"{name}_slots", slots, 2)
+        layout[f"{name}_num_slots"] = len(slots)
+    add("weight_slots", weight_slots, 4)
+    layout.update(dim1=plan.dim_in1, dim2=plan.dim_in2, dim_out=plan.dim_out, weight_numel=plan.weight_numel,
+                  max_d=max([2 * max(p.l1, p.l2, p.l3) + 1 for p in kept], default=1))
+    program = torch.tensor([v for part in parts for v in part], dtype=torch.int32)
+    values = lambda v: torch.tensor(v, dtype=torch.float64).to(device=device, dtype=dtype)  # noqa: E731
+    plan._tables[key] = (program.to(device), [int(layout[name]) for name in CUDA_LAYOUT], values(cg_value),
+                         values([p.coefficient for p in kept]))
+    return plan._tables[key]
+
+
+def _cuda(kernel: int, plan, a, b, w, out_shape, flag):
+    out = _outputs.new(out_shape, a)
+    torch.ops.nffk_C.tp_cuda(kernel, a.contiguous(), b.contiguous(), w.contiguous(),
+                             *cuda_program(plan, a.device, a.dtype), flag, out)
+    return out
+
+
+class CudaKernels:
+    """The four kernels of the cuda backend (same contract as ReferenceKernels)."""
+
+    @staticmethod
+    def forward(plan, x1, x2, w, weighted_only):
+        return _cuda(0, plan, x1, x2, w, (x1.shape[0], plan.dim_out), weighted_only)
+
+    @staticmethod
+    def vjp_x1(plan, g, x2, w, weighted_only):
+        return _cuda(1, plan, g, x2, w, (g.shape[0], plan.dim_in1), weighted_only)
+
+    @staticmethod
+    def vjp_x2(plan, x1, g, w, weighted_only):
+        return _cuda(2, plan, x1, g, w, (x1.shape[0], plan.dim_in2), weighted_only)
+
+    @staticmethod
+    def vjp_w(plan, x1, x2, g, shared):
+        shape = (plan.weight_numel,) if shared else (x1.shape[0], plan.weight_numel)
+        return _cuda(3, plan, x1, x2, g, shape, False)
+
+
 # Backend name -> kernels object, a predicate saying which plans it supports, and the dtypes it
 # computes in (missing: any floating dtype).
 # "triton": kernels/tensor_product.py, generic over the plan (every connection mode).
-KERNELS = {"reference": ReferenceKernels, "cpu": CpuKernels, "triton": backends.TritonModule("tensor_product")}
-# (whether the compiled extension is loaded is checked by backends.resolve, with its reason)
+KERNELS = {"reference": ReferenceKernels, "cpu": CpuKernels, "triton": backends.TritonModule("tensor_product"),
+           "cuda": CudaKernels}
+# (whether the compiled extension is loaded, and built with CUDA, is checked by backends.resolve)
 SUPPORTS = {"reference": lambda plan: True, "cpu": lambda plan: all(p.mode in CPU_MODES for p in plan.paths),
-            "triton": lambda plan: True}
-DTYPES = {"cpu": CPU_DTYPES}
+            "triton": lambda plan: True, "cuda": _cuda_supports}
+DTYPES = {"cpu": CPU_DTYPES, "cuda": CUDA_DTYPES}
 
 
 def implemented_backends(plan: TensorProductPlan, dtype: torch.dtype | None = None) -> tuple:

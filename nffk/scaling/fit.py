@@ -507,8 +507,9 @@ def _fit_surface_points(N, D, loss, delta, starts=None, top_k=8, grid_points=200
     if best is None:
         raise FitError("the L(N, D) fit did not converge from any initialisation")
     e, a, alpha, b, beta = best.x
-    params = {"E": float(np.exp(e)), "A": float(np.exp(a + alpha * np.log(N0))), "alpha": float(alpha),
-              "B": float(np.exp(b + beta * np.log(D0))), "beta": float(beta)}
+    with np.errstate(over="ignore"):  # a degenerate fit (tiny sweeps) may give A or B = inf: reported as is
+        params = {"E": float(np.exp(e)), "A": float(np.exp(a + alpha * np.log(N0))), "alpha": float(alpha),
+                  "B": float(np.exp(b + beta * np.log(D0))), "beta": float(beta)}
     lse, _ = _logsumexp_terms([np.full_like(u, e), a - alpha * u, b - beta * v])
     rmse = float(np.sqrt(np.mean((lse - y) ** 2)))
     return params, best.x, float(best.fun), rmse

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
+
+from nffk._files import atomic_file
 
 METRICS_FILE = "metrics.jsonl"
 RUN_FILE = "run.json"
@@ -73,19 +74,8 @@ def dumps(value, **kwargs) -> str:
 def atomic_write_text(path, text: str, durable: bool = True) -> None:
     """Replace `path` with `text` so that readers see the old or the new file, never a mix.
     durable: fsync before the rename, so the new file also survives a machine crash."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, "w", durable) as handle:
+        handle.write(text)
 
 
 def atomic_write_json(path, value, durable: bool = True) -> None:

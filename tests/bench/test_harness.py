@@ -12,7 +12,7 @@ from nffk.bench import registry, report, runner
 from nffk.bench.registry import Built, Case, Implementation, PeerMissing
 from nffk.bench.timing import Rotation, rotation_sets, summarize, time_interleaved
 
-OPS = ("tp", "sh", "nlist", "conv")
+OPS = ("tp", "sh", "nlist", "conv", "model")
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,8 @@ def test_peers_agree_with_nffk_where_comparable(quick_report):
     for op in ("tp", "conv"):
         if (op, "forward", "e3nn") in checks:
             assert checks[(op, "forward", "e3nn")] == "ok"
+    # the same model and weights on the reference backend
+    assert checks[("model", "inference", "nffk[reference]")] == "ok"
     for impl in ("vesin", "matscipy", "ase"):
         if ("nlist", "build", impl) in checks:
             assert checks[("nlist", "build", impl)] == "ok"

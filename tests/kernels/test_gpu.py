@@ -100,8 +100,15 @@ def test_conv_backends_vs_reference_and_deterministic():
             assert torch.equal(a, b), f"{backend} is not deterministic"
 
 
-@pytest.mark.parametrize("backend", ["triton"])
+def require(backend):
+    why = backends.unavailable_reason(backend, CUDA)
+    if why is not None:
+        pytest.skip(f"backend {backend!r} is unavailable: {why}")
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_no_host_synchronisation_and_cuda_graph_capture(backend):
+    require(backend)
     plan = nffk.nn.ChannelwiseTensorProduct("16x0e+16x1o+16x2e", "0e+1o+2e", 2).plan
     graph = nequip_graph(nodes=500, neighbours=20)
     x, sh, w = conv_inputs(plan, graph, requires_grad=True)
@@ -134,12 +141,14 @@ def test_no_host_synchronisation_and_cuda_graph_capture(backend):
         torch.testing.assert_close(got, expected)
 
 
-def test_torch_compile_with_inductor():
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_torch_compile_with_inductor(backend):
+    require(backend)
     plan = module("nequip").plan
     x1 = torch.randn(300, plan.dim_in1, device=CUDA)
     x2 = torch.randn(300, plan.dim_in2, device=CUDA)
     w = torch.randn(300, plan.weight_numel, device=CUDA)
-    compiled = torch.compile(lambda a, b, c: tensor_product(a, b, c, plan, backend="triton").sin(), fullgraph=True)
+    compiled = torch.compile(lambda a, b, c: tensor_product(a, b, c, plan, backend=backend).sin(), fullgraph=True)
     expected = tensor_product(x1, x2, w, plan, backend="reference").sin()
     assert relative_error(compiled(x1, x2, w), expected) < 1e-5
 
@@ -159,6 +168,30 @@ def test_spherical_harmonics_kernels_at_200k_vectors():
     assert relative_error(kernels.vjp(x, g, degrees, coefficients), vjp) < 1e-12
     y32 = kernels.forward(x.float(), degrees, coefficients.float())
     assert relative_error(y32.double(), y.detach()) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_spherical_harmonics_op_backends_with_second_derivatives(backend, dtype):
+    """nffk.ops.spherical_harmonics on the GPU: values, forces (vjp) and force-training second
+    derivatives against the reference, 200k vectors, normalised, lmax 8."""
+    from nffk.ops.spherical_harmonics import spherical_harmonics as op
+    require(backend)
+    gen = torch.Generator(device=CUDA).manual_seed(3)
+    x = torch.randn(200_000, 3, device=CUDA, dtype=torch.float64, generator=gen)
+    g = torch.randn(200_000, 81, device=CUDA, dtype=torch.float64, generator=gen)
+    h = torch.randn(200_000, 3, device=CUDA, dtype=torch.float64, generator=gen)
+    results = {}
+    for name in ("reference", backend):
+        xr = (x if name == "reference" else x.to(dtype)).clone().requires_grad_()
+        gr = (g if name == "reference" else g.to(dtype)).clone().requires_grad_()
+        y = op(list(range(9)), xr, True, "integral", backend=name)
+        (vjp,) = torch.autograd.grad(y, xr, gr, create_graph=True)
+        second = torch.autograd.grad(vjp, (xr, gr), h.to(xr.dtype))
+        results[name] = [t.detach().double() for t in (y, vjp, *second)]
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    for got, expected in zip(results[backend], results["reference"]):
+        assert relative_error(got, expected) < tolerance, backend
 
 
 @pytest.mark.parametrize("cells", [10, 16])

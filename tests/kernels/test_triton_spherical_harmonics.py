@@ -44,3 +44,33 @@ def test_float32_and_edge_cases(seeded, device):
     torch.testing.assert_close(got, spherical_harmonics([0, 1, 2, 3], x, False, "component"), atol=1e-5, rtol=1e-5)
     assert got[0, 0] == 1 and torch.all(got[0, 1:] == 0)
     assert kernels.forward(x[:0], (0, 1), coefficients).shape == (0, 4)
+
+
+@pytest.mark.parametrize("normalize,normalization", [(True, "integral"), (False, "norm")])
+def test_op_backend_triton_first_and_second_derivatives(normalize, normalization, seeded, device):
+    """nffk.ops.spherical_harmonics(backend="triton"): values, forces (vjp) and force-training
+    derivatives (vjp of the vjp, w.r.t. x and the output gradient) against the reference."""
+    from nffk.ops.spherical_harmonics import spherical_harmonics as op
+    ls = [0, 1, 2, 3]
+    x = (torch.randn(29, 3, dtype=torch.float64, generator=seeded) * 1.5).to(device)
+    x[3] = 0.0  # the zero vector: normalised as torch.nn.functional.normalize does (the reference's
+    # second derivative there is NaN, and so must ours be: both differentiate the same torch code)
+    g = torch.randn(29, 16, dtype=torch.float64, generator=seeded).to(device).requires_grad_()
+    h = torch.randn(29, 3, dtype=torch.float64, generator=seeded).to(device)
+    results = {}
+    for backend in ("reference", "triton"):
+        xr = x.clone().requires_grad_()
+        y = op(ls, xr, normalize, normalization, backend=backend)
+        (vjp,) = torch.autograd.grad(y, xr, g, create_graph=True)
+        second = torch.autograd.grad((vjp * h).sum(), (xr, g))
+        results[backend] = (y.detach(), vjp.detach(), *second)
+    for got, expected in zip(results["triton"], results["reference"]):
+        torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-9, equal_nan=True)
+    assert torch.isfinite(results["triton"][1]).all()
+    second_order = torch.autograd.gradcheck(
+        lambda v: torch.autograd.grad(op([1, 2], v, normalize, normalization, backend="triton").pow(2).sum(), v,
+                                      create_graph=True)[0], (x[:3].clone().requires_grad_(),), atol=1e-6)
+    assert second_order
+    y32 = op(ls, x.float(), normalize, normalization, backend="triton")
+    assert y32.dtype == torch.float32
+    torch.testing.assert_close(y32.double(), results["reference"][0], atol=1e-5, rtol=1e-5)

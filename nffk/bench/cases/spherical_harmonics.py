@@ -47,7 +47,7 @@ def _implementations(lmax: int, pass_name: str, device, dtype, reference: bool) 
 
     def nffk_built(backend):
         def build():
-            chosen = backends.resolve("spherical_harmonics", backend, device, sh_op.IMPLEMENTED)
+            chosen = backends.resolve("spherical_harmonics", backend, device, sh_op.implemented_backends(ls, dtype))
 
             def compute(x):
                 return sh_op.spherical_harmonics(ls, x, True, "component", backend=backend)
@@ -75,7 +75,8 @@ def _implementations(lmax: int, pass_name: str, device, dtype, reference: bool) 
         return Built(_run_pass(module, pass_name), note=f"method={method}; output convention differs, not compared")
 
     impls = [Implementation("nffk", nffk_built("auto"))]
-    if reference and backends.resolve("spherical_harmonics", "auto", device, sh_op.IMPLEMENTED) != "reference":
+    auto = backends.resolve("spherical_harmonics", "auto", device, sh_op.implemented_backends(ls, dtype))
+    if reference and auto != "reference":
         impls.append(Implementation("nffk[reference]", nffk_built("reference")))
     return impls + [Implementation("e3nn", e3nn_built), Implementation("sphericart", sphericart_built),
                     Implementation("cuequivariance", cue_built)]
