@@ -264,8 +264,8 @@ int64_t weight_numel_of(const char* op, const at::Tensor& w, int64_t edges, bool
   return w.size(-1);
 }
 
-// Common entry: checks dtypes, shapes and the graph, then runs `kernel`. `nodes_tensor` is the
-// node-indexed input, `edge_tensor` the edge-indexed one ([edges, dim2] for sh).
+// Common entry: checks the graph and the shapes of the defined inputs (x, g: [nodes, dim];
+// sh: [edges, dim2]; w: [W] or [edges, W]) against it, then runs `kernel`.
 void conv_entry(ConvKernel kernel, const char* op, const at::Tensor& x, const at::Tensor& sh, const at::Tensor& g,
                 const at::Tensor& w, const at::Tensor& senders, const at::Tensor& receivers,
                 const at::Tensor& receiver_ptr, const at::Tensor& sender_order, const at::Tensor& sender_ptr,

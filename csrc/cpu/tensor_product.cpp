@@ -2,7 +2,8 @@
 // paths are all `uvu` or `uvw`: OpenMP over batch elements, SIMD over channels, element-level
 // arithmetic from nffk/tensor_product.h. Every output element is written (the caller may hand
 // NaN-filled buffers); results do not depend on the number of threads (elements are independent
-// and shared-weight gradients are summed over fixed element blocks in a fixed order).
+// and shared-weight gradients are summed over fixed element blocks in a fixed order). The tiles
+// and the per-element driver live in tp_tiles.h (shared with the fused convolution, conv.cpp).
 #include "ops.h"
 #include "tp_tiles.h"
 
