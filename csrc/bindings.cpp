@@ -17,6 +17,14 @@ TORCH_LIBRARY(nffk_C, m) {
   m.def("tp_vjp_x1(Tensor g, Tensor x2, Tensor w, " NFFK_TP_TABLES ", bool weighted_only, Tensor(a!) out) -> ()");
   m.def("tp_vjp_x2(Tensor x1, Tensor g, Tensor w, " NFFK_TP_TABLES ", bool weighted_only, Tensor(a!) out) -> ()");
   m.def("tp_vjp_w(Tensor x1, Tensor x2, Tensor g, " NFFK_TP_TABLES ", Tensor(a!) out) -> ()");
+  // Fused convolution: the graph's five tensors, then the tensor product's tables.
+#define NFFK_CONV_GRAPH \
+  "Tensor senders, Tensor receivers, Tensor receiver_ptr, Tensor sender_order, Tensor sender_ptr, " NFFK_TP_TABLES
+  m.def("conv_forward(Tensor x, Tensor sh, Tensor w, " NFFK_CONV_GRAPH ", bool weighted_only, Tensor(a!) out) -> ()");
+  m.def("conv_vjp_x(Tensor g, Tensor sh, Tensor w, " NFFK_CONV_GRAPH ", bool weighted_only, Tensor(a!) out) -> ()");
+  m.def("conv_vjp_sh(Tensor x, Tensor g, Tensor w, " NFFK_CONV_GRAPH ", bool weighted_only, Tensor(a!) out) -> ()");
+  m.def("conv_vjp_w(Tensor x, Tensor sh, Tensor g, " NFFK_CONV_GRAPH ", Tensor(a!) out) -> ()");
+#undef NFFK_CONV_GRAPH
 #undef NFFK_TP_TABLES
   m.def("linear_forward(Tensor x, Tensor w, Tensor paths, Tensor coefficients, Tensor(a!) out) -> ()");
   m.def("linear_vjp_x(Tensor g, Tensor w, Tensor paths, Tensor coefficients, Tensor(a!) out) -> ()");
@@ -36,6 +44,10 @@ TORCH_LIBRARY_IMPL(nffk_C, CPU, m) {
   m.impl("tp_vjp_x1", &nffk::cpu::tp_vjp_x1);
   m.impl("tp_vjp_x2", &nffk::cpu::tp_vjp_x2);
   m.impl("tp_vjp_w", &nffk::cpu::tp_vjp_w);
+  m.impl("conv_forward", &nffk::cpu::conv_forward);
+  m.impl("conv_vjp_x", &nffk::cpu::conv_vjp_x);
+  m.impl("conv_vjp_sh", &nffk::cpu::conv_vjp_sh);
+  m.impl("conv_vjp_w", &nffk::cpu::conv_vjp_w);
   m.impl("linear_forward", &nffk::cpu::linear_forward);
   m.impl("linear_vjp_x", &nffk::cpu::linear_vjp_x);
   m.impl("linear_vjp_w", &nffk::cpu::linear_vjp_w);

@@ -27,6 +27,22 @@ void tp_vjp_w(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& g, c
               const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
               const at::Tensor& out);
 
+// Fused neighbour-list convolution (csrc/cpu/conv.cpp): the graph is ConvGraph's five tensors
+// (nffk/ops/conv.py), validated before any kernel runs; write `out`, every element of it.
+#define NFFK_CONV_GRAPH_ARGS                                                                          \
+  const at::Tensor &senders, const at::Tensor &receivers, const at::Tensor &receiver_ptr,            \
+      const at::Tensor &sender_order, const at::Tensor &sender_ptr, const at::Tensor &paths,         \
+      const at::Tensor &coefficients, const at::Tensor &cg_index, const at::Tensor &cg_value
+void conv_forward(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& w, NFFK_CONV_GRAPH_ARGS,
+                  bool weighted_only, const at::Tensor& out);
+void conv_vjp_x(const at::Tensor& g, const at::Tensor& sh, const at::Tensor& w, NFFK_CONV_GRAPH_ARGS,
+                bool weighted_only, const at::Tensor& out);
+void conv_vjp_sh(const at::Tensor& x, const at::Tensor& g, const at::Tensor& w, NFFK_CONV_GRAPH_ARGS,
+                 bool weighted_only, const at::Tensor& out);
+void conv_vjp_w(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& g, NFFK_CONV_GRAPH_ARGS,
+                const at::Tensor& out);
+#undef NFFK_CONV_GRAPH_ARGS
+
 // Equivariant Linear (csrc/cpu/linear.cpp): write `out`, every element of it.
 void linear_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& paths, const at::Tensor& coefficients,
                     const at::Tensor& out);

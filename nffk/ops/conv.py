@@ -25,6 +25,7 @@ import torch
 from nffk import backends
 from nffk.ops import _outputs, _plans
 from nffk.ops.tensor_product import CUDA_DTYPES, cuda_program
+from nffk.ops.tensor_product import DTYPES as TP_DTYPES
 from nffk.ops.tensor_product import SUPPORTS as TP_SUPPORTS
 from nffk.ops.tensor_product import ReferenceKernels as ReferenceTP
 from nffk.ops.tensor_product import TensorProductPlan
@@ -86,6 +87,38 @@ class ReferenceKernels:
         return ReferenceTP.vjp_w(plan, x[graph.senders], sh, g[graph.receivers], shared)
 
 
+def _cpu(kernel, plan, inputs, graph, out_shape, *flags):
+    """Runs one compiled kernel (csrc/cpu/conv.cpp) into a fresh output buffer (every element written)."""
+    tables = plan.kernel_tables(inputs[0].device, inputs[0].dtype)
+    out = _outputs.new(out_shape, inputs[0])
+    kernel(*(t.contiguous() for t in inputs), *(t.contiguous() for t in graph), tables["paths"],
+           tables["coefficients"], tables["cg_index"], tables["cg_value"], *flags, out)
+    return out
+
+
+class CpuKernels:
+    """Fused C++/OpenMP kernels: the tensor product's tiles on gathered rows, sums over CSR
+    segments owned by one task each (deterministic, no atomics, no per-edge output tensor)."""
+
+    @staticmethod
+    def forward(plan, x, sh, w, graph, weighted_only):
+        return _cpu(torch.ops.nffk_C.conv_forward, plan, (x, sh, w), graph, (x.shape[0], plan.dim_out), weighted_only)
+
+    @staticmethod
+    def vjp_x(plan, g, sh, w, graph, weighted_only):
+        return _cpu(torch.ops.nffk_C.conv_vjp_x, plan, (g, sh, w), graph, (g.shape[0], plan.dim_in1), weighted_only)
+
+    @staticmethod
+    def vjp_sh(plan, x, g, w, graph, weighted_only):
+        return _cpu(torch.ops.nffk_C.conv_vjp_sh, plan, (x, g, w), graph, (graph.senders.shape[0], plan.dim_in2),
+                    weighted_only)
+
+    @staticmethod
+    def vjp_w(plan, x, sh, g, graph, shared):
+        shape = (plan.weight_numel,) if shared else (graph.senders.shape[0], plan.weight_numel)
+        return _cpu(torch.ops.nffk_C.conv_vjp_w, plan, (x, sh, g), graph, shape)
+
+
 def _cuda(kernel: int, plan, a, b, w, graph, out_shape, flag):
     out = _outputs.new(out_shape, a)
     torch.ops.nffk_C.conv_cuda(kernel, a.contiguous(), b.contiguous(), w.contiguous(), *graph,
@@ -115,11 +148,13 @@ class CudaKernels:
         return _cuda(3, plan, x, sh, g, graph, shape, False)
 
 
+# Backend name -> kernels, which plans each supports, and the dtypes it computes in (missing: any).
 # "triton": kernels/conv.py, fused and deterministic (receiver / sender CSR segments, no atomics).
-KERNELS = {"reference": ReferenceKernels, "triton": backends.TritonModule("conv"), "cuda": CudaKernels}
-SUPPORTS = {"reference": lambda plan: True, "triton": lambda plan: True,
+KERNELS = {"reference": ReferenceKernels, "cpu": CpuKernels, "triton": backends.TritonModule("conv"),
+           "cuda": CudaKernels}
+SUPPORTS = {"reference": lambda plan: True, "cpu": TP_SUPPORTS["cpu"], "triton": lambda plan: True,
             "cuda": TP_SUPPORTS["cuda"]}
-DTYPES = {"cuda": CUDA_DTYPES}
+DTYPES = {"cpu": TP_DTYPES["cpu"], "cuda": CUDA_DTYPES}
 
 
 def implemented_backends(plan: TensorProductPlan, dtype: torch.dtype | None = None) -> tuple:
@@ -192,9 +227,26 @@ C, CX, CS, CW = (torch.ops.nffk.conv_forward, torch.ops.nffk.conv_vjp_x, torch.o
 _NONE_FOR_GRAPH_AND_FLAGS = (None,) * 8
 
 
+def _wanted(ctx) -> tuple:
+    """Which of the inputs' gradients this backward must produce: those that require grad *and*
+    that the running backward will use. `torch.autograd.grad(energy, positions)` (forces) needs no
+    gradient of the weights or node features that are leaves or do not depend on the positions;
+    built-in ops skip those, and so do we (each skipped gradient is a whole conv kernel)."""
+    wanted = []
+    for need, (node, _) in zip(ctx.needs_input_grad, ctx.next_functions):
+        if not need or node is None:
+            wanted.append(bool(need))
+            continue
+        try:
+            wanted.append(torch._C._will_engine_execute_node(node))
+        except (RuntimeError, AttributeError):  # e.g. a leaf that autograd.grad asks for: needed
+            wanted.append(True)
+    return tuple(wanted)
+
+
 def _unpack(ctx):
     saved = ctx.saved_tensors
-    return saved[:3], tuple(saved[3:]), ctx.plan_id, ctx.backend, ctx.flag, ctx.needs_input_grad
+    return saved[:3], tuple(saved[3:]), ctx.plan_id, ctx.backend, ctx.flag, _wanted(ctx)
 
 
 def _backward_forward(ctx, g):

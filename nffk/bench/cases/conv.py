@@ -28,9 +28,11 @@ CUTOFF, DENSITY = 3.5, 0.1  # Å, atoms / Å^3
 CONFIGS = {
     "nequip": ("32x0e+32x1o+32x2e", "0e+1o+2e", 2, 4_000),
     "mace": ("128x0e+128x1o", "0e+1o+2e+3o", 2, 2_000),
+    # issue 6's NequIP-like layer (both parities; the whole layer with forces: bench/bench_conv_layer.py)
+    "nequip-both-parities": ("32x0e+32x0o+32x1o+32x1e+32x2e+32x2o", "0e+1o+2e", 2, 5_000),
     "tiny": ("4x0e+4x1o", "0e+1o", 1, 800),  # smoke tests
 }
-DEFAULTS = {"quick": ["nequip"], "default": ["nequip", "mace"], "full": ["nequip", "mace"]}
+DEFAULTS = {"quick": ["nequip"], "default": ["nequip", "mace"], "full": ["nequip", "mace", "nequip-both-parities"]}
 DIVISOR = {"quick": 40, "default": 4, "full": 1}
 
 

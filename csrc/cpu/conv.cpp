@@ -1,0 +1,349 @@
+// CPU drivers of the fused neighbour-list convolution (nffk/ops/conv.py):
+//   forward  out[i]  = sum over edges e = (j -> i) of TP(x[j], sh[e], w[e])
+//   vjp_x    gx[j]   = sum over edges e = (j -> i) of vjp_x1(g[i], sh[e], w[e])
+//   vjp_sh   gsh[e]  = vjp_x2(x[j], g[i], w[e])        (per edge)
+//   vjp_w    gw[e]   = vjp_w(x[j], sh[e], g[i])         (per edge, or summed over edges when shared)
+// built from the tensor product's tiles (tp_tiles.h) with gathered input rows. No per-edge output
+// tensor exists: the two reductions run over CSR segments (edges by receiver, and the sender-sorted
+// view for vjp_x), a segment is owned by one task, and its edges are summed in edge order starting
+// from zero. So there are no atomics, and the bits do not depend on the number of threads nor on
+// where tiles or tasks begin (a tile's per-element arithmetic does not depend on its neighbours).
+#include "ops.h"
+#include "tp_tiles.h"
+
+namespace nffk::cpu {
+namespace {
+using namespace tiles;
+
+// The graph as raw index arrays, validated so that no index array, however wrong, makes a kernel
+// read or write out of bounds.
+struct Graph {
+  const int64_t *senders, *receivers, *receiver_ptr, *sender_order, *sender_ptr;
+  int64_t nodes, edges;
+};
+
+Graph check_graph(const char* op, const at::Tensor& senders, const at::Tensor& receivers,
+                  const at::Tensor& receiver_ptr, const at::Tensor& sender_order, const at::Tensor& sender_ptr,
+                  int64_t nodes) {
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"senders", &senders},
+                                {"receivers", &receivers}, {"receiver_ptr", &receiver_ptr},
+                                {"sender_order", &sender_order}, {"sender_ptr", &sender_ptr}}) {
+    TORCH_CHECK(t->scalar_type() == at::kLong && t->dim() == 1 && t->is_contiguous() && t->device().is_cpu(), op,
+                ": ", name, " must be a contiguous 1-D CPU int64 tensor");
+  }
+  const int64_t edges = senders.size(0);
+  TORCH_CHECK(receivers.size(0) == edges && sender_order.size(0) == edges, op,
+              ": senders, receivers and sender_order must have one entry per edge");
+  TORCH_CHECK(receiver_ptr.size(0) == nodes + 1 && sender_ptr.size(0) == nodes + 1, op,
+              ": receiver_ptr and sender_ptr must have num_nodes + 1 = ", nodes + 1, " entries");
+  Graph g{senders.data_ptr<int64_t>(), receivers.data_ptr<int64_t>(), receiver_ptr.data_ptr<int64_t>(),
+          sender_order.data_ptr<int64_t>(), sender_ptr.data_ptr<int64_t>(), nodes, edges};
+  for (const int64_t* ptr : {g.receiver_ptr, g.sender_ptr}) {
+    TORCH_CHECK(ptr[0] == 0 && ptr[nodes] == edges, op, ": a CSR pointer must start at 0 and end at num_edges");
+    for (int64_t i = 0; i < nodes; ++i) TORCH_CHECK(ptr[i] <= ptr[i + 1], op, ": a CSR pointer decreases");
+  }
+  for (int64_t i = 0; i < nodes; ++i) {
+    for (int64_t e = g.receiver_ptr[i]; e < g.receiver_ptr[i + 1]; ++e)
+      TORCH_CHECK(g.receivers[e] == i, op, ": receivers do not match receiver_ptr (edges must be sorted by receiver)");
+    for (int64_t k = g.sender_ptr[i]; k < g.sender_ptr[i + 1]; ++k) {
+      const int64_t e = g.sender_order[k];
+      TORCH_CHECK(e >= 0 && e < edges && g.senders[e] == i, op, ": sender_order and sender_ptr do not match senders");
+    }
+  }
+  return g;
+}
+
+// Splits the nodes 0..nodes-1 into chunks of whole CSR segments holding ~`edges_per_chunk` edges
+// each, so that tasks are balanced whatever the degrees (isolated atoms, hubs).
+std::vector<int64_t> chunks(const int64_t* ptr, int64_t nodes, int64_t edges_per_chunk) {
+  std::vector<int64_t> bounds{0};
+  for (int64_t i = 0; i < nodes; ++i)
+    if (ptr[i + 1] - ptr[bounds.back()] >= edges_per_chunk || i + 1 == nodes) bounds.push_back(i + 1);
+  return bounds;
+}
+
+template <typename T>
+struct ChannelMajorLayout {
+  std::vector<int64_t> offset;  // of each output block in a row's channel-major copy
+  int64_t size = 0;
+  explicit ChannelMajorLayout(const Program<T>& prog) {
+    for (const Block& b : prog.out_blocks) {
+      offset.push_back(size);
+      size += b.d * b.ld;
+    }
+  }
+};
+
+// Forward sink: output block b of consecutive edges of one receiver accumulates in that
+// receiver's channel-major sum, stored to its row when the next receiver begins.
+template <typename T>
+struct ReceiverSums {
+  const Program<T>& prog;
+  const ChannelMajorLayout<T>& layout;
+  T* sums;                       // channel-major output blocks of the receivers being summed
+  std::vector<int64_t> current;  // receiver whose sum block b holds (-1: none)
+  const int64_t* receiver;       // receiver of each element of the current tile
+  T* out;
+  int64_t dim_out;
+
+  T* target(size_t b, int64_t e) {
+    const Block& ob = prog.out_blocks[b];
+    T* sum = sums + layout.offset[b];
+    if (receiver[e] != current[b]) {
+      store(b);
+      std::fill(sum, sum + ob.d * ob.ld, T(0));
+      current[b] = receiver[e];
+    }
+    return sum;
+  }
+  void done(size_t, int64_t) {}
+  void store(size_t b) {
+    if (current[b] < 0) return;
+    const Block& ob = prog.out_blocks[b];
+    from_channel_major(sums + layout.offset[b], ob.ld, ob.mul, ob.d, out + current[b] * dim_out + ob.offset);
+  }
+};
+
+// Node rows in channel-major blocks, converted once per call: each is read by ~30 edges, and the
+// tiles then skip their per-edge block transposes.
+template <typename T>
+struct ChannelMajorNodes {
+  AlignedBuffer<T> data;
+  int64_t row_size;
+  ChannelMajorNodes(const std::vector<Block>& blocks, int64_t row_size_, const T* rows, int64_t nodes, int64_t dim)
+      : row_size(row_size_) {
+    data.allocate(nodes * row_size);
+    T* dst = data.data();
+    at::parallel_for(0, nodes, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        std::fill(dst + n * row_size, dst + (n + 1) * row_size, T(0));
+        row_to_channel_major(blocks, rows + n * dim, dst + n * row_size);
+      }
+    });
+  }
+};
+
+// Edges per task chunk: a few dozen tiles, so that scratch and segment state are amortised.
+constexpr int64_t kEdgesPerChunk = 512;
+
+template <typename T>
+void conv_forward_impl(const Program<T>& prog, const Graph& graph, const T* x, const T* sh, const T* w,
+                       int64_t wstride, T* out, int64_t dim1, int64_t dim2, int64_t dim_out) {
+  constexpr int TE = kLanes<T>;
+  const ChannelMajorLayout<T> layout(prog);
+  const std::vector<int64_t> bounds = chunks(graph.receiver_ptr, graph.nodes, kEdgesPerChunk);
+  ChannelMajorNodes<T> xc(prog.x1_blocks, prog.x1_scratch, x, graph.nodes, dim1);
+  const Rows<const T> x_at_sender{xc.data.data(), xc.row_size, graph.senders}, sh_rows{sh, dim2, nullptr},
+      w_rows{w, wstride, nullptr}, none{};
+  at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t begin, int64_t end) {
+    TPScratch<T> s(prog, Kernel::kForward, dim2);
+    AlignedBuffer<T> sums;
+    sums.allocate(layout.size);
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t n0 = bounds[c], n1 = bounds[c + 1];
+      // Rows no edge reaches (isolated atoms) and components no path writes stay zero.
+      std::fill(out + n0 * dim_out, out + n1 * dim_out, T(0));
+      ReceiverSums<T> sink{prog, layout, sums.data(), std::vector<int64_t>(prog.out_blocks.size(), -1), nullptr,
+                           out, dim_out};
+      const int64_t e_end = graph.receiver_ptr[n1];
+      for (int64_t e0 = graph.receiver_ptr[n0]; e0 < e_end; e0 += TE) {
+        // x rows at the senders are scattered (2.3 KB each for the NequIP layer, more than the
+        // L3 holds for thousands of atoms): fetch the next tile's while this one computes.
+        for (int64_t e = e0 + TE; e < std::min(e0 + 2 * TE, e_end); ++e)
+          prefetch_bytes(x_at_sender.row(e), xc.row_size * int64_t(sizeof(T)));
+        TileIO<T> io(e0, std::min<int64_t>(TE, e_end - e0), x_at_sender, sh_rows, none, w_rows, Rows<T>{}, dim1,
+                     dim2, dim_out);
+        io.x1_channel_major = true;
+        sink.receiver = graph.receivers + e0;
+        forward_tile(prog, io, s, sink);
+      }
+      for (size_t b = 0; b < prog.out_blocks.size(); ++b) sink.store(b);
+    }
+  });
+}
+
+// vjp_x: the sender-sorted view; position k is edge sender_order[k], leaving node senders[that edge].
+template <typename T>
+void conv_vjp_x_impl(const Program<T>& prog, const Graph& graph, const T* g, const T* sh, const T* w,
+                     int64_t wstride, T* out, int64_t dim1, int64_t dim2, int64_t dim_out) {
+  constexpr int TE = kLanes<T>;
+  const std::vector<int64_t> bounds = chunks(graph.sender_ptr, graph.nodes, kEdgesPerChunk);
+  const Rows<const T> sh_rows{sh, dim2, graph.sender_order}, w_rows{w, wstride, graph.sender_order}, none{};
+  const int64_t size = prog.x1_scratch;
+  ChannelMajorNodes<T> gc(prog.out_blocks, prog.out_row_size, g, graph.nodes, dim_out);
+  at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t begin, int64_t end) {
+    TPScratch<T> s(prog, Kernel::kVjpX1, dim2);
+    AlignedBuffer<T> sum;
+    sum.allocate(size);
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t n0 = bounds[c], n1 = bounds[c + 1];
+      std::fill(out + n0 * dim1, out + n1 * dim1, T(0));
+      int64_t current = -1;
+      const int64_t k_end = graph.sender_ptr[n1];
+      for (int64_t k0 = graph.sender_ptr[n0]; k0 < k_end; k0 += TE) {
+        // In sender order the rows of w, sh and g are scattered: fetch the next tile's while this one
+        // computes (3x faster than leaving it to the hardware prefetchers on random atom orders).
+        for (int64_t k = k0 + TE; k < std::min(k0 + 2 * TE, k_end); ++k) {
+          const int64_t edge = graph.sender_order[k];
+          if (wstride) prefetch_bytes(w + edge * wstride, wstride * int64_t(sizeof(T)));
+          prefetch_bytes(sh + edge * dim2, dim2 * int64_t(sizeof(T)));
+          prefetch_bytes(gc.data.data() + graph.receivers[edge] * gc.row_size, gc.row_size * int64_t(sizeof(T)));
+        }
+        TileIO<T> io(k0, std::min<int64_t>(TE, k_end - k0), none, sh_rows, none, w_rows, Rows<T>{}, dim1, dim2,
+                     dim_out);
+        for (int64_t e = 0; e < io.count; ++e)
+          io.g[e] = gc.data.data() + graph.receivers[graph.sender_order[k0 + e]] * gc.row_size;
+        io.g_channel_major = true;
+        vjp_x1_tile(prog, io, s);
+        // Sum the tile's per-edge gradients into their senders' rows, in edge order.
+        for (int64_t e = 0; e < io.count; ++e) {
+          const int64_t sender = graph.senders[graph.sender_order[k0 + e]];
+          if (sender != current) {
+            if (current >= 0) store_x1_row(prog, sum.data(), out + current * dim1);
+            std::fill(sum.data(), sum.data() + size, T(0));
+            current = sender;
+          }
+          const T* edge = s.gx1c + e * size;
+          T* acc = sum.data();
+#pragma omp simd
+          for (int64_t n = 0; n < size; ++n) acc[n] += edge[n];
+        }
+      }
+      if (current >= 0) store_x1_row(prog, sum.data(), out + current * dim1);
+    }
+  });
+}
+
+enum class ConvKernel { kForward, kVjpX, kVjpSh, kVjpW };
+
+// Shapes: x/out of kForward [nodes, dim1] / [nodes, dim_out], g [nodes, dim_out], sh [edges, dim2],
+// w [W] or [edges, W]; vjp outputs have their input's shape.
+template <typename T>
+void run_conv(ConvKernel kernel, const char* op, const at::Tensor& x, const at::Tensor& sh, const at::Tensor& g,
+              const at::Tensor& w, const Graph& graph, const at::Tensor& out, const at::Tensor& table,
+              const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
+              bool weighted_only, int64_t dim1, int64_t dim2, int64_t dim_out, int64_t weight_numel, bool shared) {
+  const Program<T> prog = build_program<T>(op, table, coefficients, cg_index, cg_value, dim1, dim2, dim_out,
+                                           weight_numel, weighted_only || kernel == ConvKernel::kVjpW);
+  auto data = [](const at::Tensor& t) -> const T* { return t.defined() ? t.data_ptr<T>() : nullptr; };
+  const int64_t wstride = shared ? 0 : weight_numel;
+  T* po = out.data_ptr<T>();
+  switch (kernel) {
+    case ConvKernel::kForward:
+      conv_forward_impl(prog, graph, data(x), data(sh), data(w), wstride, po, dim1, dim2, dim_out);
+      return;
+    case ConvKernel::kVjpX:
+      conv_vjp_x_impl(prog, graph, data(g), data(sh), data(w), wstride, po, dim1, dim2, dim_out);
+      return;
+    case ConvKernel::kVjpSh:
+    case ConvKernel::kVjpW: {
+      // Per-edge outputs: the tensor product's driver over edges, with x gathered at senders and
+      // g at receivers.
+      ChannelMajorNodes<T> xc(prog.x1_blocks, prog.x1_scratch, data(x), graph.nodes, dim1);
+      ChannelMajorNodes<T> gc(prog.out_blocks, prog.out_row_size, data(g), graph.nodes, dim_out);
+      const ElementOperands<T> operands{Rows<const T>{xc.data.data(), xc.row_size, graph.senders},
+                                        Rows<const T>{data(sh), dim2, nullptr},
+                                        Rows<const T>{gc.data.data(), gc.row_size, graph.receivers},
+                                        Rows<const T>{data(w), wstride, nullptr}, true, true};
+      run_elements<T>(kernel == ConvKernel::kVjpSh ? Kernel::kVjpX2 : Kernel::kVjpW, prog, operands, out,
+                      graph.edges, dim1, dim2, dim_out, weight_numel, shared);
+      return;
+    }
+  }
+}
+
+void check_shape(const char* op, const char* name, const at::Tensor& t, int64_t rows, int64_t cols) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && (cols < 0 || t.size(1) == cols), op, ": ", name, " must be [",
+              rows, ", ", cols < 0 ? "dim" : std::to_string(cols), "], got ", t.sizes());
+}
+
+int64_t weight_numel_of(const char* op, const at::Tensor& w, int64_t edges, bool& shared) {
+  TORCH_CHECK(w.dim() == 1 || w.dim() == 2, op, ": w must be [W] (shared) or [edges, W], got ", w.sizes());
+  shared = w.dim() == 1;
+  TORCH_CHECK(shared || w.size(0) == edges, op, ": w has ", w.size(0), " rows for ", edges, " edges");
+  return w.size(-1);
+}
+
+// Common entry: checks the graph and the shapes of the defined inputs (x, g: [nodes, dim];
+// sh: [edges, dim2]; w: [W] or [edges, W]) against it, then runs `kernel`.
+void conv_entry(ConvKernel kernel, const char* op, const at::Tensor& x, const at::Tensor& sh, const at::Tensor& g,
+                const at::Tensor& w, const at::Tensor& senders, const at::Tensor& receivers,
+                const at::Tensor& receiver_ptr, const at::Tensor& sender_order, const at::Tensor& sender_ptr,
+                const at::Tensor& paths, const at::Tensor& coefficients, const at::Tensor& cg_index,
+                const at::Tensor& cg_value, bool weighted_only, const at::Tensor& out, int64_t dim1, int64_t dim2,
+                int64_t dim_out, int64_t weight_numel, bool shared) {
+  const int64_t nodes = receiver_ptr.dim() == 1 ? receiver_ptr.size(0) - 1 : -1;
+  TORCH_CHECK(nodes >= 0, op, ": receiver_ptr must be [num_nodes + 1]");
+  const Graph graph = check_graph(op, senders, receivers, receiver_ptr, sender_order, sender_ptr, nodes);
+  if (x.defined()) check_shape(op, "x", x, nodes, dim1);
+  if (g.defined()) check_shape(op, "g", g, nodes, dim_out);
+  if (sh.defined()) check_shape(op, "sh", sh, graph.edges, dim2);
+  if (w.defined()) TORCH_CHECK(shared || w.size(0) == graph.edges, op, ": w must have one row per edge");
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "nffk_conv", [&] {
+    run_conv<scalar_t>(kernel, op, x, sh, g, w, graph, out, paths, coefficients, cg_index, cg_value, weighted_only,
+                       dim1, dim2, dim_out, weight_numel, shared);
+  });
+}
+
+}  // namespace
+
+void conv_forward(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& w, const at::Tensor& senders,
+                  const at::Tensor& receivers, const at::Tensor& receiver_ptr, const at::Tensor& sender_order,
+                  const at::Tensor& sender_ptr, const at::Tensor& paths, const at::Tensor& coefficients,
+                  const at::Tensor& cg_index, const at::Tensor& cg_value, bool weighted_only, const at::Tensor& out) {
+  const char* op = "nffk_C::conv_forward";
+  check_io(op, {{"x", &x}, {"sh", &sh}, {"w", &w}}, out);
+  check_shape(op, "out", out, x.size(0), -1);
+  TORCH_CHECK(x.dim() == 2 && sh.dim() == 2, op, ": x and sh must be 2-D");
+  bool shared;
+  const int64_t numel = weight_numel_of(op, w, sh.size(0), shared);
+  conv_entry(ConvKernel::kForward, op, x, sh, at::Tensor(), w, senders, receivers, receiver_ptr, sender_order,
+             sender_ptr, paths, coefficients, cg_index, cg_value, weighted_only, out, x.size(1), sh.size(1),
+             out.size(1), numel, shared);
+}
+
+void conv_vjp_x(const at::Tensor& g, const at::Tensor& sh, const at::Tensor& w, const at::Tensor& senders,
+                const at::Tensor& receivers, const at::Tensor& receiver_ptr, const at::Tensor& sender_order,
+                const at::Tensor& sender_ptr, const at::Tensor& paths, const at::Tensor& coefficients,
+                const at::Tensor& cg_index, const at::Tensor& cg_value, bool weighted_only, const at::Tensor& out) {
+  const char* op = "nffk_C::conv_vjp_x";
+  check_io(op, {{"g", &g}, {"sh", &sh}, {"w", &w}}, out);
+  TORCH_CHECK(g.dim() == 2 && sh.dim() == 2, op, ": g and sh must be 2-D");
+  check_shape(op, "out", out, g.size(0), -1);
+  bool shared;
+  const int64_t numel = weight_numel_of(op, w, sh.size(0), shared);
+  conv_entry(ConvKernel::kVjpX, op, at::Tensor(), sh, g, w, senders, receivers, receiver_ptr, sender_order,
+             sender_ptr, paths, coefficients, cg_index, cg_value, weighted_only, out, out.size(1), sh.size(1),
+             g.size(1), numel, shared);
+}
+
+void conv_vjp_sh(const at::Tensor& x, const at::Tensor& g, const at::Tensor& w, const at::Tensor& senders,
+                 const at::Tensor& receivers, const at::Tensor& receiver_ptr, const at::Tensor& sender_order,
+                 const at::Tensor& sender_ptr, const at::Tensor& paths, const at::Tensor& coefficients,
+                 const at::Tensor& cg_index, const at::Tensor& cg_value, bool weighted_only, const at::Tensor& out) {
+  const char* op = "nffk_C::conv_vjp_sh";
+  check_io(op, {{"x", &x}, {"g", &g}, {"w", &w}}, out);
+  TORCH_CHECK(x.dim() == 2 && g.dim() == 2, op, ": x and g must be 2-D");
+  check_shape(op, "out", out, senders.size(0), -1);
+  bool shared;
+  const int64_t numel = weight_numel_of(op, w, senders.size(0), shared);
+  conv_entry(ConvKernel::kVjpSh, op, x, at::Tensor(), g, w, senders, receivers, receiver_ptr, sender_order,
+             sender_ptr, paths, coefficients, cg_index, cg_value, weighted_only, out, x.size(1), out.size(1),
+             g.size(1), numel, shared);
+}
+
+void conv_vjp_w(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& g, const at::Tensor& senders,
+                const at::Tensor& receivers, const at::Tensor& receiver_ptr, const at::Tensor& sender_order,
+                const at::Tensor& sender_ptr, const at::Tensor& paths, const at::Tensor& coefficients,
+                const at::Tensor& cg_index, const at::Tensor& cg_value, const at::Tensor& out) {
+  const char* op = "nffk_C::conv_vjp_w";
+  check_io(op, {{"x", &x}, {"sh", &sh}, {"g", &g}}, out);
+  TORCH_CHECK(x.dim() == 2 && sh.dim() == 2 && g.dim() == 2, op, ": x, sh and g must be 2-D");
+  bool shared;
+  const int64_t numel = weight_numel_of(op, out, sh.size(0), shared);
+  conv_entry(ConvKernel::kVjpW, op, x, sh, g, at::Tensor(), senders, receivers, receiver_ptr, sender_order,
+             sender_ptr, paths, coefficients, cg_index, cg_value, true, out, x.size(1), sh.size(1), g.size(1), numel,
+             shared);
+}
+
+}  // namespace nffk::cpu

@@ -1,0 +1,722 @@
+// The tile machinery of the CPU tensor-product kernels, shared by the tensor product
+// (csrc/cpu/tensor_product.cpp) and the fused convolution (csrc/cpu/conv.cpp): the per-call
+// program built from the plan's tables, per-task scratch, and one tile (up to kLanes<T> elements)
+// of each of the four kernels. A tile reads its inputs through one row pointer per element, so a
+// caller may gather rows (node features at an edge's sender, gradients at its receiver).
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <numeric>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "scratch.h"
+#include "transpose.h"
+#include "nffk/tensor_product.h"
+
+namespace nffk::cpu::tiles {
+
+
+// Columns of the path table: PATH_FIELDS in nffk/ops/tensor_product.py.
+enum Field : int {
+  kMode, kL1, kL2, kL3, kMul1, kMul2, kMulOut, kOffset1, kOffset2, kOffsetOut, kWeightOffset, kHasWeight,
+  kCgBegin, kCgEnd, kNumFields
+};
+
+// A block of a flat row and where its channel-major copy lives in scratch.
+struct Block {
+  int64_t offset, mul, d, ld, slot;
+};
+
+template <typename T>
+struct Program {
+  std::vector<tp::Path<T>> paths;  // grouped by output block
+  std::vector<int32_t> path_x1;    // x1 block of each path
+  std::vector<int32_t> group_begin;  // paths of out_blocks[b] are [group_begin[b], group_begin[b + 1])
+  std::vector<Block> x1_blocks, out_blocks;
+  std::vector<tp::CGPair> pairs;
+  std::vector<int32_t> by_i, cg_j;
+  std::vector<T> cg_value;
+  std::vector<std::pair<int64_t, int64_t>> out_gaps, x1_gaps, weight_gaps;  // ranges no path writes
+  int64_t x1_scratch = 0, out_scratch = 0, rows_size = 0, tile_a_size = 0, z_size = 0, max_ld = 0;
+  int64_t out_row_size = 0;  // a whole output row in channel-major blocks (out_blocks[b].slot)
+};
+
+inline std::vector<std::pair<int64_t, int64_t>> gaps(std::vector<std::pair<int64_t, int64_t>> covered, int64_t size) {
+  std::sort(covered.begin(), covered.end());
+  std::vector<std::pair<int64_t, int64_t>> result;
+  int64_t at = 0;
+  for (const auto& [begin, end] : covered) {
+    if (begin > at) result.emplace_back(at, begin);
+    at = std::max(at, end);
+  }
+  if (at < size) result.emplace_back(at, size);
+  return result;
+}
+
+// Reads and validates the plan's kernel tables (so that no table, however wrong, makes a kernel
+// read or write out of bounds) and builds the per-call program.
+template <typename T>
+Program<T> build_program(const char* op, const at::Tensor& table, const at::Tensor& coefficients,
+                         const at::Tensor& cg_index, const at::Tensor& cg_values, int64_t dim1, int64_t dim2,
+                         int64_t dim_out, int64_t weight_numel, bool weighted_only) {
+  TORCH_CHECK(table.scalar_type() == at::kLong && table.dim() == 2 && table.size(1) == kNumFields &&
+                  table.is_contiguous() && table.device().is_cpu(),
+              op, ": paths must be a contiguous CPU int64 table [paths, ", int(kNumFields), "]");
+  const int64_t num_paths = table.size(0);
+  TORCH_CHECK(coefficients.dim() == 1 && coefficients.size(0) == num_paths && coefficients.is_contiguous() &&
+                  coefficients.scalar_type() == c10::CppTypeToScalarType<T>::value,
+              op, ": coefficients must be [", num_paths, "] of the inputs' dtype");
+  TORCH_CHECK(cg_index.scalar_type() == at::kLong && cg_index.dim() == 2 && cg_index.size(1) == 3 &&
+                  cg_index.is_contiguous(), op, ": cg_index must be a contiguous int64 [nnz, 3] tensor");
+  const int64_t nnz = cg_index.size(0);
+  TORCH_CHECK(cg_values.dim() == 1 && cg_values.size(0) == nnz && cg_values.is_contiguous() &&
+                  cg_values.scalar_type() == c10::CppTypeToScalarType<T>::value,
+              op, ": cg_value must be [", nnz, "] of the inputs' dtype");
+  const int64_t* rows = table.data_ptr<int64_t>();
+  const int64_t* index = cg_index.data_ptr<int64_t>();
+  const T* values = cg_values.data_ptr<T>();
+  const T* coefs = coefficients.data_ptr<T>();
+
+  Program<T> prog;
+  constexpr int64_t lanes = kLanes<T>;
+  struct Raw {
+    const int64_t* row;
+    int64_t ordinal;
+  };
+  std::vector<Raw> kept;
+  std::vector<std::pair<int64_t, int64_t>> weight_cover;
+  for (int64_t p = 0; p < num_paths; ++p) {
+    const int64_t* r = rows + p * kNumFields;
+    const int64_t mode = r[kMode];
+    TORCH_CHECK(mode == tp::kUVW || mode == tp::kUVU, op, ": path ", p, " has connection mode ", mode,
+                ", which the cpu backend does not implement (only uvw and uvu)");
+    for (int f = kL1; f <= kCgEnd; ++f) TORCH_CHECK(r[f] >= 0, op, ": path ", p, " has a negative table entry");
+    const int64_t d1 = 2 * r[kL1] + 1, d2 = 2 * r[kL2] + 1, d3 = 2 * r[kL3] + 1;
+    TORCH_CHECK(r[kOffset1] + r[kMul1] * d1 <= dim1 && r[kOffset2] + r[kMul2] * d2 <= dim2 &&
+                    r[kOffsetOut] + r[kMulOut] * d3 <= dim_out,
+                op, ": path ", p, " reaches past the rows of x1, x2 or out");
+    TORCH_CHECK(r[kCgBegin] <= r[kCgEnd] && r[kCgEnd] <= nnz, op, ": path ", p, " has CG rows out of range");
+    TORCH_CHECK(mode != tp::kUVU || r[kMulOut] == r[kMul1], op, ": uvu path ", p, " needs mul_out == mul1");
+    TORCH_CHECK(mode != tp::kUVW || r[kHasWeight], op, ": uvw path ", p, " needs weights");
+    const int64_t numel = r[kMul1] * r[kMul2] * (mode == tp::kUVW ? r[kMulOut] : 1);
+    if (r[kHasWeight]) {
+      TORCH_CHECK(r[kWeightOffset] + numel <= weight_numel, op, ": path ", p, " reaches past the weights");
+    }
+    for (int64_t e = r[kCgBegin]; e < r[kCgEnd]; ++e) {
+      const int64_t* m = index + 3 * e;
+      TORCH_CHECK(m[0] >= 0 && m[0] < d1 && m[1] >= 0 && m[1] < d2 && m[2] >= 0 && m[2] < d3, op,
+                  ": CG non-zero ", e, " of path ", p, " is out of range");
+    }
+    if (weighted_only && !r[kHasWeight]) continue;
+    if (r[kMul1] == 0 || r[kMul2] == 0 || r[kMulOut] == 0 || r[kCgBegin] == r[kCgEnd]) continue;
+    kept.push_back({r, p});
+    if (r[kHasWeight]) weight_cover.emplace_back(r[kWeightOffset], r[kWeightOffset] + numel);
+  }
+  // Group the paths by output block, keeping the plan's order inside a group.
+  std::stable_sort(kept.begin(), kept.end(), [](const Raw& a, const Raw& b) {
+    return a.row[kOffsetOut] < b.row[kOffsetOut];
+  });
+
+  // CG pairs per path, its non-zeros sorted by (m3, m1, m2).
+  std::vector<int64_t> pair_begin, by_i_begin;
+  for (const Raw& raw : kept) {
+    const int64_t* r = raw.row;
+    std::vector<int64_t> order(r[kCgEnd] - r[kCgBegin]);
+    std::iota(order.begin(), order.end(), r[kCgBegin]);
+    auto by_m3_m1_m2 = [&](int64_t a, int64_t b) {
+      const int64_t *ma = index + 3 * a, *mb = index + 3 * b;
+      return std::make_tuple(ma[2], ma[0], ma[1]) < std::make_tuple(mb[2], mb[0], mb[1]);
+    };
+    if (!std::is_sorted(order.begin(), order.end(), by_m3_m1_m2)) std::sort(order.begin(), order.end(), by_m3_m1_m2);
+    pair_begin.push_back(static_cast<int64_t>(prog.pairs.size()));
+    const int64_t first = static_cast<int64_t>(prog.pairs.size());
+    for (int64_t e : order) {
+      const int64_t* m = index + 3 * e;
+      const int32_t slot = static_cast<int32_t>(prog.cg_j.size());
+      if (static_cast<int64_t>(prog.pairs.size()) == first || prog.pairs.back().i != m[0] || prog.pairs.back().k != m[2])
+        prog.pairs.push_back({static_cast<int32_t>(m[0]), static_cast<int32_t>(m[2]), slot, slot});
+      prog.cg_j.push_back(static_cast<int32_t>(m[1]));
+      prog.cg_value.push_back(values[e]);
+      prog.pairs.back().end = slot + 1;
+    }
+    const int64_t count = static_cast<int64_t>(prog.pairs.size()) - first;
+    std::vector<int32_t> local(count);
+    std::iota(local.begin(), local.end(), 0);
+    std::stable_sort(local.begin(), local.end(), [&](int32_t a, int32_t b) {
+      const tp::CGPair &pa = prog.pairs[first + a], &pb = prog.pairs[first + b];
+      return std::make_pair(pa.i, pa.k) < std::make_pair(pb.i, pb.k);
+    });
+    by_i_begin.push_back(static_cast<int64_t>(prog.by_i.size()));
+    prog.by_i.insert(prog.by_i.end(), local.begin(), local.end());
+  }
+
+  // Blocks (one scratch slot per distinct x1 block; output blocks one at a time).
+  std::vector<std::pair<int64_t, int64_t>> x1_cover, out_cover;
+  for (size_t n = 0; n < kept.size(); ++n) {
+    const int64_t* r = kept[n].row;
+    const int64_t d1 = 2 * r[kL1] + 1, d3 = 2 * r[kL3] + 1;
+    auto find_or_add = [&](std::vector<Block>& blocks, int64_t offset, int64_t mul, int64_t d, int64_t& scratch,
+                           const char* what) -> int32_t {
+      for (size_t b = 0; b < blocks.size(); ++b) {
+        if (blocks[b].offset == offset) {
+          TORCH_CHECK(blocks[b].mul == mul && blocks[b].d == d, op, ": paths disagree on the ", what,
+                      " block at offset ", offset);
+          return static_cast<int32_t>(b);
+        }
+      }
+      const int64_t ld = round_up(mul, lanes);
+      blocks.push_back({offset, mul, d, ld, scratch});
+      scratch += d * ld;
+      return static_cast<int32_t>(blocks.size() - 1);
+    };
+    prog.path_x1.push_back(find_or_add(prog.x1_blocks, r[kOffset1], r[kMul1], d1, prog.x1_scratch, "x1"));
+    const size_t groups = prog.out_blocks.size();
+    find_or_add(prog.out_blocks, r[kOffsetOut], r[kMulOut], d3, prog.out_row_size, "output");
+    if (prog.out_blocks.size() != groups) prog.group_begin.push_back(static_cast<int32_t>(n));
+  }
+  prog.group_begin.push_back(static_cast<int32_t>(kept.size()));
+  for (const Block& b : prog.x1_blocks) x1_cover.emplace_back(b.offset, b.offset + b.mul * b.d);
+  for (const Block& b : prog.out_blocks) {
+    out_cover.emplace_back(b.offset, b.offset + b.mul * b.d);
+    prog.out_scratch = std::max(prog.out_scratch, b.d * b.ld);
+    prog.max_ld = std::max(prog.max_ld, b.ld);
+  }
+  for (const Block& b : prog.x1_blocks) prog.max_ld = std::max(prog.max_ld, b.ld);
+  // Distinct blocks must not overlap (they are irreps of one row).
+  for (auto* cover : {&x1_cover, &out_cover}) {
+    auto sorted = *cover;
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t b = 1; b < sorted.size(); ++b)
+      TORCH_CHECK(sorted[b].first >= sorted[b - 1].second, op, ": blocks of the path table overlap");
+  }
+  prog.out_gaps = gaps(out_cover, dim_out);
+  prog.x1_gaps = gaps(x1_cover, dim1);
+  prog.weight_gaps = gaps(weight_cover, weight_numel);
+
+  for (size_t n = 0; n < kept.size(); ++n) {
+    const int64_t* r = kept[n].row;
+    tp::Path<T> path;
+    path.mode = static_cast<int32_t>(r[kMode]);
+    path.d1 = static_cast<int32_t>(2 * r[kL1] + 1);
+    path.d2 = static_cast<int32_t>(2 * r[kL2] + 1);
+    path.d3 = static_cast<int32_t>(2 * r[kL3] + 1);
+    path.mul1 = static_cast<int32_t>(r[kMul1]);
+    path.mul2 = static_cast<int32_t>(r[kMul2]);
+    path.mul_out = static_cast<int32_t>(r[kMulOut]);
+    path.offset1 = r[kOffset1];
+    path.offset2 = r[kOffset2];
+    path.offset_out = r[kOffsetOut];
+    path.weight_offset = r[kWeightOffset];
+    path.has_weight = static_cast<int32_t>(r[kHasWeight] != 0);
+    path.coefficient = coefs[kept[n].ordinal];
+    const int64_t end = n + 1 < kept.size() ? pair_begin[n + 1] : static_cast<int64_t>(prog.pairs.size());
+    path.num_pairs = static_cast<int32_t>(end - pair_begin[n]);
+    path.pairs = prog.pairs.data() + pair_begin[n];
+    path.by_i = prog.by_i.data() + by_i_begin[n];
+    path.cg_j = prog.cg_j.data();
+    path.cg_value = prog.cg_value.data();
+    prog.paths.push_back(path);
+    const int64_t ld1 = round_up(path.mul1, lanes);
+    prog.rows_size = std::max<int64_t>(prog.rows_size, std::max(path.d1, path.d3) * ld1);
+    if (path.mode == tp::kUVW) {
+      prog.z_size = std::max<int64_t>(prog.z_size, int64_t(path.mul2) * path.d3 * round_up(path.mul1, lanes));
+    }
+  }
+  // Projections of one output block's paths for a tile: the largest group decides.
+  for (size_t b = 0; b + 1 < prog.group_begin.size(); ++b) {
+    int64_t size = 0;
+    for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n)
+      size += int64_t(prog.paths[n].mul2) * prog.paths[n].d1 * prog.paths[n].d3;
+    prog.tile_a_size = std::max(prog.tile_a_size, size);
+  }
+  return prog;
+}
+
+enum class Kernel { kForward, kVjpX1, kVjpX2, kVjpW };
+
+// Per-task scratch, carved from one aligned allocation. A task works on tiles of kLanes<T>
+// elements: the x2 side (CG projections) is vectorised over the tile, the rest over channels.
+template <typename T>
+struct TPScratch {
+  static constexpr int TE = kLanes<T>;
+  AlignedBuffer<T> memory;
+  T *x1c, *gx1c, *x2t, *gx2t, *A, *outc, *gc, *rows, *z, *wv, *gwv;
+  TPScratch(const Program<T>& prog, Kernel kernel, int64_t dim2) {
+    const bool x1_grad = kernel == Kernel::kVjpX1;
+    const int64_t sizes[] = {x1_grad ? 0 : TE * prog.x1_scratch, x1_grad ? TE * prog.x1_scratch : 0, TE * dim2,
+                             TE * dim2, TE * prog.tile_a_size, prog.out_scratch, prog.out_scratch, prog.rows_size,
+                             prog.z_size, prog.max_ld, prog.max_ld};
+    T** slots[] = {&x1c, &gx1c, &x2t, &gx2t, &A, &outc, &gc, &rows, &z, &wv, &gwv};
+    int64_t total = 0;
+    for (int64_t size : sizes) total += round_up(size, kLanes<T>);
+    memory.allocate(total);
+    int64_t at = 0;
+    for (size_t n = 0; n < sizeof(sizes) / sizeof(sizes[0]); ++n) {
+      *slots[n] = memory.data() + at;
+      at += round_up(sizes[n], kLanes<T>);
+    }
+  }
+};
+
+// The weights of channel v of a uvu path as a contiguous, zero-padded vector (nullptr: unweighted).
+template <typename T>
+const T* uvu_weights(const tp::Path<T>& p, const T* w, int64_t v, int64_t ld, T* buffer) {
+  if (!p.has_weight) return nullptr;
+  const T* block = w + p.weight_offset;
+  if (p.mul2 == 1) {
+    std::copy(block, block + p.mul1, buffer);
+  } else {
+    for (int64_t u = 0; u < p.mul1; ++u) buffer[u] = block[u * p.mul2 + v];
+  }
+  std::fill(buffer + p.mul1, buffer + ld, T(0));
+  return buffer;
+}
+
+template <typename T>
+void fill_gaps(const std::vector<std::pair<int64_t, int64_t>>& ranges, T* row) {
+  for (const auto& [begin, end] : ranges) std::fill(row + begin, row + end, T(0));
+}
+
+// The channel-side products with the widest channel chunk that divides ld (one or two vectors).
+template <typename T>
+void gemm(int32_t rows, int32_t cols, const T* M, int64_t sr, int64_t sc, const T* X, T* Y, int64_t ld) {
+  if (ld % (2 * kLanes<T>) == 0) {
+    tp::gemm<T, 2 * kLanes<T>>(rows, cols, M, sr, sc, X, ld, Y, ld, ld);
+  } else {
+    tp::gemm<T, kLanes<T>>(rows, cols, M, sr, sc, X, ld, Y, ld, ld);
+  }
+}
+
+template <typename T>
+void weight_grad(const T* A, int64_t si, int64_t sk, int32_t d1, int32_t d3, const T* X, const T* G, int64_t ld,
+                 T* gw) {
+  if (ld % (2 * kLanes<T>) == 0) {
+    tp::weight_grad<T, 2 * kLanes<T>>(A, si, sk, d1, d3, X, G, ld, ld, gw);
+  } else {
+    tp::weight_grad<T, kLanes<T>>(A, si, sk, d1, d3, X, G, ld, ld, gw);
+  }
+}
+
+// S[(i * d3 + k) * stride] = sum_u x1[i][u] rows[k][u] for the path's CG pairs, reduced in groups.
+template <typename T>
+void grouped_pair_dots(const tp::Path<T>& p, const T* x1, const T* rows, int64_t ld, T* S, int64_t stride) {
+  constexpr int G = kDotGroup<T>;
+  const T* a[G];
+  const T* b[G];
+  T result[G];
+  for (int32_t q0 = 0; q0 < p.num_pairs; q0 += G) {
+    const int count = static_cast<int>(std::min<int64_t>(G, p.num_pairs - q0));
+    for (int r = 0; r < count; ++r) {
+      a[r] = x1 + p.pairs[q0 + r].i * ld;
+      b[r] = rows + p.pairs[q0 + r].k * ld;
+    }
+    dots(count, a, b, ld, result);
+    for (int r = 0; r < count; ++r) S[(p.pairs[q0 + r].i * p.d3 + p.pairs[q0 + r].k) * stride] = result[r];
+  }
+}
+
+// h[v][k][u] = sum_w W[u][v][w] g[k][w] (zero for padding channels), reduced in groups of rows u.
+template <typename T>
+void contract_weights(const tp::Path<T>& p, const T* W, const T* g, int64_t ld3, T* h, int64_t ld1) {
+  constexpr int G = kDotGroup<T>;
+  const int64_t V = p.mul2, Wo = p.mul_out, d3 = p.d3;
+  const T* a[G];
+  const T* b[G];
+  for (int64_t v = 0; v < V; ++v)
+    for (int64_t k = 0; k < d3; ++k) {
+      T* hk = h + (v * d3 + k) * ld1;
+      for (int64_t u0 = 0; u0 < p.mul1; u0 += G) {
+        const int count = static_cast<int>(std::min<int64_t>(G, p.mul1 - u0));
+        for (int r = 0; r < count; ++r) {
+          a[r] = W + ((u0 + r) * V + v) * Wo;
+          b[r] = g + k * ld3;
+        }
+        dots(count, a, b, Wo, hk + u0);
+      }
+      std::fill(hk + p.mul1, hk + ld1, T(0));
+    }
+}
+
+// Rows of one operand: row(e) = base + (index ? index[e] : e) * stride. A null base means the
+// kernel has no such operand; stride 0 shares one row (shared weights); an index gathers.
+template <typename T>
+struct Rows {
+  T* base = nullptr;
+  int64_t stride = 0;
+  const int64_t* index = nullptr;
+  T* row(int64_t e) const { return base == nullptr ? nullptr : base + (index ? index[e] : e) * stride; }
+};
+
+// One tile: up to TE elements, with each operand's row of each element.
+template <typename T>
+struct TileIO {
+  static constexpr int TE = kLanes<T>;
+  int64_t count = 0;
+  const T *x1[TE], *x2[TE], *g[TE], *w[TE];  // nullptr where the kernel has no such input
+  // x1 / g rows already in channel-major blocks (x1_blocks[].slot / out_blocks[].slot): a caller
+  // that reads each node row many times (the convolution) converts them once per call.
+  bool x1_channel_major = false, g_channel_major = false;
+  T* out[TE];                                  // element e's output row (per-element outputs)
+  int64_t dim1 = 0, dim2 = 0, dim_out = 0;
+
+  // Elements first .. first + count - 1 of a batch (positions, looked up through each operand's Rows).
+  TileIO(int64_t first, int64_t count_, const Rows<const T>& x1r, const Rows<const T>& x2r, const Rows<const T>& gr,
+         const Rows<const T>& wr, const Rows<T>& outr, int64_t d1, int64_t d2, int64_t dout)
+      : count(count_), dim1(d1), dim2(d2), dim_out(dout) {
+    for (int64_t e = 0; e < count; ++e) {
+      x1[e] = x1r.row(first + e);
+      x2[e] = x2r.row(first + e);
+      g[e] = gr.row(first + e);
+      w[e] = wr.row(first + e);
+      out[e] = outr.row(first + e);
+    }
+  }
+};
+
+// x2t[j][e] = x2[e][j] for the tile (zero for lanes past its end).
+template <typename T>
+void load_x2(const TileIO<T>& io, T* x2t) {
+  constexpr int TE = kLanes<T>;
+  for (int64_t j = 0; j < io.dim2; ++j) {
+    T* row = x2t + j * TE;
+    for (int64_t e = 0; e < io.count; ++e) row[e] = io.x2[e][j];
+    for (int64_t e = io.count; e < TE; ++e) row[e] = T(0);
+  }
+}
+
+template <typename T>
+void load_x1(const Program<T>& prog, const TileIO<T>& io, T* x1c) {
+  if (io.x1_channel_major) return;
+  for (int64_t e = 0; e < io.count; ++e)
+    for (const Block& b : prog.x1_blocks)
+      to_channel_major(io.x1[e] + b.offset, b.mul, b.d, x1c + e * prog.x1_scratch + b.slot, b.ld);
+}
+
+// Element e's x1 in channel-major blocks (after load_x1).
+template <typename T>
+const T* x1_channel_major(const Program<T>& prog, const TileIO<T>& io, const T* x1c, int64_t e) {
+  return io.x1_channel_major ? io.x1[e] : x1c + e * prog.x1_scratch;
+}
+
+// Block b of element e's g, channel-major [d][ld] (converted into `buffer` unless it already is).
+template <typename T>
+const T* g_block(const Program<T>& prog, const TileIO<T>& io, size_t b, int64_t e, T* buffer) {
+  const Block& ob = prog.out_blocks[b];
+  if (io.g_channel_major) return io.g[e] + ob.slot;
+  to_channel_major(io.g[e] + ob.offset, ob.mul, ob.d, buffer, ob.ld);
+  return buffer;
+}
+
+// A row in channel-major blocks (the layout the flags of TileIO announce).
+template <typename T>
+void row_to_channel_major(const std::vector<Block>& blocks, const T* row, T* dst) {
+  for (const Block& b : blocks) to_channel_major(row + b.offset, b.mul, b.d, dst + b.slot, b.ld);
+}
+
+// CG projections of every path (and x2 channel) of output block b, for the whole tile.
+template <typename T>
+void project_group(const Program<T>& prog, size_t b, const T* x2t, T* A) {
+  constexpr int TE = kLanes<T>;
+  for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
+    const tp::Path<T>& p = prog.paths[n];
+    for (int64_t v = 0; v < p.mul2; ++v) {
+      tp::project_x2<T, TE>(p, x2t + (p.offset2 + v * p.d2) * TE, A);
+      A += int64_t(p.d1) * p.d3 * TE;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One tile of each kernel
+// ---------------------------------------------------------------------------------------------
+// Output block b of element e accumulates into sink.target(b, e) (channel-major [d][ld]), after
+// which sink.done(b, e) runs: the tensor product stores each element's block, the convolution
+// keeps summing the edges of one receiver (csrc/cpu/conv.cpp).
+template <typename T>
+struct StoreRows {
+  const Program<T>& prog;
+  const TileIO<T>& io;
+  T* outc;
+  T* target(size_t b, int64_t) {
+    const Block& ob = prog.out_blocks[b];
+    std::fill(outc, outc + ob.d * ob.ld, T(0));
+    return outc;
+  }
+  void done(size_t b, int64_t e) {
+    const Block& ob = prog.out_blocks[b];
+    from_channel_major(outc, ob.ld, ob.mul, ob.d, io.out[e] + ob.offset);
+  }
+};
+
+template <typename T, typename Sink>
+void forward_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, Sink& sink) {
+  constexpr int TE = kLanes<T>;
+  load_x1(prog, io, s.x1c);
+  load_x2(io, s.x2t);
+  for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
+    const Block& ob = prog.out_blocks[b];
+    project_group(prog, b, s.x2t, s.A);
+    for (int64_t e = 0; e < io.count; ++e) {
+      const T* w = io.w[e];
+      T* outc = sink.target(b, e);
+      const T* A = s.A + e;  // element e's matrices: stride TE
+      for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
+        const tp::Path<T>& p = prog.paths[n];
+        const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+        const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
+        const int64_t ld = xb.ld;
+        for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE) {
+          if (p.mode == tp::kUVU) {
+            // out += A^T (w x1): the weights of this x2 channel folded into x1
+            const T* wv = uvu_weights(p, w, v, ld, s.wv);
+            if (wv != nullptr) tp::weight_rows(p.d1, wv, xc, s.rows, ld, ld);
+            gemm(p.d3, p.d1, A, TE, int64_t(p.d3) * TE, wv != nullptr ? s.rows : xc, outc, ld);
+          } else {
+            T* z = s.z + v * p.d3 * ld;
+            std::fill(z, z + p.d3 * ld, T(0));
+            gemm(p.d3, p.d1, A, TE, int64_t(p.d3) * TE, xc, z, ld);
+          }
+        }
+        if (p.mode == tp::kUVW) tp::uvw_forward<T, kLanes<T>>(p, s.z, ld, w + p.weight_offset, outc, ob.ld);
+      }
+      sink.done(b, e);
+    }
+  }
+}
+
+// Leaves element e's gradient in s.gx1c + e * prog.x1_scratch (channel-major blocks).
+template <typename T>
+void vjp_x1_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
+  constexpr int TE = kLanes<T>;
+  std::fill(s.gx1c, s.gx1c + io.count * prog.x1_scratch, T(0));
+  load_x2(io, s.x2t);
+  for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
+    const Block& ob = prog.out_blocks[b];
+    project_group(prog, b, s.x2t, s.A);
+    for (int64_t e = 0; e < io.count; ++e) {
+      const T* w = io.w[e];
+      const T* gc = g_block(prog, io, b, e, s.gc);
+      const T* A = s.A + e;
+      for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
+        const tp::Path<T>& p = prog.paths[n];
+        const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+        T* gxc = s.gx1c + e * prog.x1_scratch + xb.slot;
+        const int64_t ld = xb.ld;
+        if (p.mode == tp::kUVW) contract_weights(p, w + p.weight_offset, gc, ob.ld, s.z, ld);
+        for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE) {
+          const T* rows;
+          if (p.mode == tp::kUVU) {
+            tp::weight_rows(p.d3, uvu_weights(p, w, v, ld, s.wv), gc, s.rows, ld, ld);
+            rows = s.rows;
+          } else {
+            rows = s.z + v * p.d3 * ld;
+          }
+          gemm(p.d1, p.d3, A, int64_t(p.d3) * TE, TE, rows, gxc, ld);  // gx1 += A (w g)
+        }
+      }
+    }
+  }
+}
+
+// Row of x1 (gaps zeroed) from its channel-major blocks.
+template <typename T>
+void store_x1_row(const Program<T>& prog, const T* x1c, T* row) {
+  for (const Block& b : prog.x1_blocks) from_channel_major(x1c + b.slot, b.ld, b.mul, b.d, row + b.offset);
+  fill_gaps(prog.x1_gaps, row);
+}
+
+template <typename T>
+void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
+  constexpr int TE = kLanes<T>;
+  load_x1(prog, io, s.x1c);
+  std::fill(s.gx2t, s.gx2t + io.dim2 * TE, T(0));
+  for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
+    const Block& ob = prog.out_blocks[b];
+    if (io.count < TE) std::fill(s.A, s.A + prog.tile_a_size * TE, T(0));  // lanes past the tile's end
+    for (int64_t e = 0; e < io.count; ++e) {
+      const T* w = io.w[e];
+      const T* gc = g_block(prog, io, b, e, s.gc);
+      T* S = s.A + e;  // element e's pair sums: stride TE
+      for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
+        const tp::Path<T>& p = prog.paths[n];
+        const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+        const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
+        const int64_t ld = xb.ld;
+        if (p.mode == tp::kUVW) contract_weights(p, w + p.weight_offset, gc, ob.ld, s.z, ld);
+        for (int64_t v = 0; v < p.mul2; ++v, S += int64_t(p.d1) * p.d3 * TE) {
+          const T* rows;
+          if (p.mode == tp::kUVU) {
+            tp::weight_rows(p.d3, uvu_weights(p, w, v, ld, s.wv), gc, s.rows, ld, ld);
+            rows = s.rows;
+          } else {
+            rows = s.z + v * p.d3 * ld;
+          }
+          grouped_pair_dots(p, xc, rows, ld, S, TE);
+        }
+      }
+    }
+    // gx2 += the CG adjoint of the pair sums, vectorised over the tile (lanes past its end are
+    // never read back).
+    const T* S = s.A;
+    for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
+      const tp::Path<T>& p = prog.paths[n];
+      for (int64_t v = 0; v < p.mul2; ++v, S += int64_t(p.d1) * p.d3 * TE)
+        tp::unproject_x2<T, TE>(p, S, s.gx2t + (p.offset2 + v * p.d2) * TE);
+    }
+  }
+  for (int64_t e = 0; e < io.count; ++e)
+    for (int64_t j = 0; j < io.dim2; ++j) io.out[e][j] = s.gx2t[j * TE + e];
+}
+
+// gw (+)= dF/dw^T g; accumulate: add element e's gradient into io.out[e] (shared weights: one row).
+template <typename T>
+void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, bool accumulate, TPScratch<T>& s) {
+  constexpr int TE = kLanes<T>;
+  load_x1(prog, io, s.x1c);
+  load_x2(io, s.x2t);
+  if (!accumulate)
+    for (int64_t e = 0; e < io.count; ++e) fill_gaps(prog.weight_gaps, io.out[e]);
+  for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
+    const Block& ob = prog.out_blocks[b];
+    project_group(prog, b, s.x2t, s.A);
+    for (int64_t e = 0; e < io.count; ++e) {
+      T* gw = io.out[e];
+      const T* gc = g_block(prog, io, b, e, s.gc);
+      const T* A = s.A + e;
+      for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
+        const tp::Path<T>& p = prog.paths[n];
+        const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+        const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
+        const int64_t ld = xb.ld;
+        T* block = gw + p.weight_offset;
+        for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE) {
+          if (p.mode == tp::kUVU) {
+            weight_grad(A, int64_t(p.d3) * TE, TE, p.d1, p.d3, xc, gc, ld, s.gwv);
+            if (accumulate) {
+              for (int64_t u = 0; u < p.mul1; ++u) block[u * p.mul2 + v] += s.gwv[u];
+            } else {
+              for (int64_t u = 0; u < p.mul1; ++u) block[u * p.mul2 + v] = s.gwv[u];
+            }
+          } else {
+            T* z = s.z + v * p.d3 * ld;
+            std::fill(z, z + p.d3 * ld, T(0));
+            gemm(p.d3, p.d1, A, TE, int64_t(p.d3) * TE, xc, z, ld);
+          }
+        }
+        if (p.mode == tp::kUVW) tp::uvw_weight_grad<T, kLanes<T>>(p, s.z, ld, gc, ob.ld, block, accumulate);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drivers
+// ---------------------------------------------------------------------------------------------
+inline void check_io(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> tensors,
+              const at::Tensor& out) {
+  const auto dtype = out.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op, ": the cpu backend computes in float32 or float64, got ",
+              dtype);
+  for (const auto& [name, t] : tensors) {
+    TORCH_CHECK(t->device().is_cpu(), op, ": ", name, " must be a CPU tensor, got one on ", t->device());
+    TORCH_CHECK(t->scalar_type() == dtype, op, ": ", name, " has dtype ", t->scalar_type(), ", expected ", dtype);
+    TORCH_CHECK(t->is_contiguous(), op, ": ", name, " must be contiguous");
+  }
+  TORCH_CHECK(out.device().is_cpu() && out.is_contiguous(), op, ": out must be a contiguous CPU tensor");
+}
+
+// Asks for [row, row + bytes) to be brought into the cache ahead of use.
+inline void prefetch_bytes(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t at = 0; at < bytes; at += 64) __builtin_prefetch(p + at);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-element driver: every element's output is its own row (or, for shared weight gradients, a
+// fixed-order sum over fixed blocks of elements: the same bits for any thread count).
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+struct ElementOperands {
+  Rows<const T> x1, x2, g, w;
+  bool x1_channel_major = false, g_channel_major = false;  // see TileIO
+};
+
+template <typename T>
+void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T>& in, const at::Tensor& out,
+                  int64_t batch, int64_t dim1, int64_t dim2, int64_t dim_out, int64_t weight_numel, bool shared) {
+  constexpr int TE = kLanes<T>;
+  T* po = out.data_ptr<T>();
+  advise_huge_pages(po, static_cast<size_t>(out.numel()) * sizeof(T));
+  const int64_t wstride = shared ? 0 : weight_numel;
+  const int64_t out_stride = out.dim() == 2 ? out.size(1) : 0;
+  auto tile_at = [&](int64_t e0, int64_t count, const Rows<T>& out_rows) {
+    TileIO<T> io(e0, count, in.x1, in.x2, in.g, in.w, out_rows, dim1, dim2, dim_out);
+    io.x1_channel_major = in.x1_channel_major;
+    io.g_channel_major = in.g_channel_major;
+    return io;
+  };
+
+  if (kernel == Kernel::kVjpW && shared) {
+    const int64_t block = round_up(std::max<int64_t>(64, (batch + 255) / 256), TE);
+    const int64_t blocks = (batch + block - 1) / block;
+    std::vector<T> partial(static_cast<size_t>(std::max<int64_t>(blocks, 1) * weight_numel), T(0));
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      TPScratch<T> s(prog, kernel, dim2);
+      for (int64_t b = begin; b < end; ++b) {
+        const Rows<T> acc{partial.data() + b * weight_numel, 0, nullptr};
+        for (int64_t e0 = b * block; e0 < std::min(batch, (b + 1) * block); e0 += TE)
+          vjp_w_tile(prog, tile_at(e0, std::min<int64_t>(TE, batch - e0), acc), true, s);
+      }
+    });
+    at::parallel_for(0, weight_numel, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        T sum = T(0);
+        for (int64_t b = 0; b < blocks; ++b) sum += partial[b * weight_numel + k];
+        po[k] = sum;
+      }
+    });
+    return;
+  }
+
+  // Tiles of TE elements; enough tiles per task that a task moves at least ~256 KiB.
+  const int64_t tiles = (batch + TE - 1) / TE;
+  const int64_t tile_bytes = int64_t(sizeof(T)) * TE * (dim1 + dim2 + dim_out + wstride);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(tile_bytes, 1));
+  const Rows<T> out_rows{po, out_stride, nullptr};
+  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+    TPScratch<T> s(prog, kernel, dim2);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
+      // Gathered rows (the convolution's x at senders, g at receivers) are scattered in memory:
+      // fetch the next tile's while this one computes.
+      for (const Rows<const T>* rows : {&in.x1, &in.g}) {
+        if (rows->index == nullptr || rows->base == nullptr) continue;
+        for (int64_t e = e0 + TE; e < std::min(e0 + 2 * TE, batch); ++e)
+          if (rows->index[e] != rows->index[e - 1]) prefetch_bytes(rows->row(e), rows->stride * int64_t(sizeof(T)));
+      }
+      const TileIO<T> io = tile_at(e0, count, out_rows);
+      switch (kernel) {
+        case Kernel::kForward: {
+          for (int64_t e = 0; e < count; ++e) fill_gaps(prog.out_gaps, io.out[e]);
+          StoreRows<T> sink{prog, io, s.outc};
+          forward_tile(prog, io, s, sink);
+          break;
+        }
+        case Kernel::kVjpX1:
+          vjp_x1_tile(prog, io, s);
+          for (int64_t e = 0; e < count; ++e) store_x1_row(prog, s.gx1c + e * prog.x1_scratch, io.out[e]);
+          break;
+        case Kernel::kVjpX2: vjp_x2_tile(prog, io, s); break;
+        case Kernel::kVjpW: vjp_w_tile(prog, io, false, s); break;
+      }
+    }
+  });
+}
+
+}  // namespace nffk::cpu::tiles
