@@ -3,7 +3,7 @@
 | preset | dataset | grid | meant for |
 | --- | --- | --- | --- |
 | `smoke` | 64 QM9-xTB structures | MPNN, EGNN, Equivariant lmax 1 x 2 tiny widths | the tests (about a minute) |
-| `default` | QM9-xTB, 8,192 structures | MPNN, EGNN, Equivariant lmax 1 and 2 x 4 widths | the README's main job: < 20 min on 2 cores |
+| `default` | QM9-xTB, 8,192 structures | MPNN, EGNN, Equivariant lmax 1 and 2 x 5 widths | the README's main job: < 20 min on 2 cores |
 | `lmax` | QM9-xTB, 8,192 structures | Equivariant lmax 1..6 x 4 widths | the irrep-order ladder (hours on a CPU) |
 | `large` | QM9-xTB, 100,000 structures | MPNN, EGNN x 6 widths, Equivariant lmax 1..4 x 5 widths | a GPU or a cluster (`--shard`) |
 
@@ -58,10 +58,10 @@ PRESETS = {
         _options(batch_size=4, n_evals=5, val_structures=8, val_batch_size=8),
         report={"n_boot": 20}),
     "default": Preset(
-        "default", "the ladder of symmetry on QM9-xTB: MPNN, EGNN, Equivariant lmax 1 and 2, four widths each",
+        "default", "the ladder of symmetry on QM9-xTB: MPNN, EGNN, Equivariant lmax 1 and 2, five widths each",
         "data/qm9-xtb", 8192, ARCH_LADDER,
-        {"MPNN": [16, 32, 64, 128], "EGNN": [16, 32, 64, 128], "Equivariant-lmax1": [4, 8, 16, 32],
-         "Equivariant-lmax2": [2, 4, 8, 16]},
+        {"MPNN": [8, 16, 32, 64, 128], "EGNN": [8, 16, 32, 64, 128], "Equivariant-lmax1": [2, 4, 8, 16, 32],
+         "Equivariant-lmax2": [2, 4, 8, 16, 32]},
         _options(), report={"n_boot": 100}),
     "lmax": Preset(
         "lmax", "Equivariant at every irrep order lmax = 1..6 (the second ladder; hours on a CPU)",
