@@ -7,9 +7,11 @@
 | `lmax` | QM9-xTB, 8,192 structures | Equivariant lmax 1..6 x 4 widths | the irrep-order ladder (hours on a CPU) |
 | `large` | QM9-xTB, 100,000 structures | MPNN, EGNN x 6 widths, Equivariant lmax 1..4 x 5 widths | a GPU or a cluster (`--shard`) |
 
-Widths of the default preset were planned from steps/s measured on a 2-core machine with the
-reference kernels (README, "Scaling study"): a full pass of the largest models costs about as
-much as all the small ones together, and two workers share the runs.
+Widths of the default preset were planned from steps/s measured on a 2-core machine (README,
+"Scaling study"): a full pass of the largest models costs about as much as all the small ones
+together, and two workers share the runs. With the cpu kernels (fused conv) the whole preset,
+dataset included, takes under 10 minutes there; five widths per architecture leave three
+interior models whose points the frontier fits may use.
 
 `grid_from_json` reads a user's own grid: {"architectures": ["MPNN", ["Equivariant", 2], ...],
 "widths": [...] or {label: [...]}, "data_budgets": [null, 20000], "options": {...}}.
