@@ -155,3 +155,29 @@ def toy_dataset(root, num_structures: int = 96, seed: int = 0, **options):
 
     return build_dataset(toy_structures(num_structures, seed, **options), root, seed=seed,
                          info={"source": "nffk.testing.toy_dataset (Morse pair potential)"}, overwrite=True)
+
+
+def assert_thread_count_independent(compute, thread_counts=(1, 2, 3)):
+    """Calls compute() under each torch thread count and asserts that the results (tensors, or
+    nested tuples/lists of tensors and None) are bitwise equal: nffk's kernels promise results
+    independent of the thread count."""
+    previous, results = torch.get_num_threads(), []
+    try:
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            results.append(compute())
+    finally:
+        torch.set_num_threads(previous)
+    for other in results[1:]:
+        _assert_bitwise_equal(results[0], other)
+
+
+def _assert_bitwise_equal(a, b):
+    if isinstance(a, (tuple, list)):
+        assert isinstance(b, (tuple, list)) and len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_bitwise_equal(x, y)
+    elif a is None:
+        assert b is None
+    else:
+        assert torch.equal(a, b)

@@ -8,7 +8,7 @@ import torch
 from nffk import _ext, backends
 from nffk.ops.conv import KERNELS, ConvGraph, conv, implemented_backends
 from nffk.ops.tensor_product import TensorProductPlan, tensor_product
-from nffk.testing import poisoned_outputs, random_tensor_product
+from nffk.testing import assert_thread_count_independent, poisoned_outputs, random_tensor_product
 
 pytestmark = pytest.mark.skipif(not _ext.loaded(), reason="the compiled extension is not built")
 
@@ -154,19 +154,10 @@ def test_results_do_not_depend_on_the_thread_count(dtype, seeded):
     sh = torch.randn(e, plan.dim_in2, dtype=dtype, generator=seeded)
     w = torch.randn(e, plan.weight_numel, dtype=dtype, generator=seeded)
     cpu = KERNELS["cpu"]
-    previous = torch.get_num_threads()
-    outputs = []
-    try:
-        for threads in (1, 2, 3, 3):
-            torch.set_num_threads(threads)
-            outputs.append([cpu.forward(plan, x, sh, w, graph, False), cpu.vjp_x(plan, g, sh, w, graph, False),
-                            cpu.vjp_sh(plan, x, g, w[0], graph, False), cpu.vjp_w(plan, x, sh, g, graph, False),
-                            cpu.vjp_w(plan, x, sh, g, graph, True)])
-    finally:
-        torch.set_num_threads(previous)
-    for other in outputs[1:]:
-        for a, b in zip(outputs[0], other):
-            assert torch.equal(a, b)
+    assert_thread_count_independent(lambda: [
+        cpu.forward(plan, x, sh, w, graph, False), cpu.vjp_x(plan, g, sh, w, graph, False),
+        cpu.vjp_sh(plan, x, g, w[0], graph, False), cpu.vjp_w(plan, x, sh, g, graph, False),
+        cpu.vjp_w(plan, x, sh, g, graph, True)], thread_counts=(1, 2, 3, 3))
 
 
 def test_auto_picks_cpu_for_cpu_tensors_and_supported_plans():

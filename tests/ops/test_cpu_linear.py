@@ -5,7 +5,7 @@ import torch
 from nffk import _ext, backends
 from nffk.o3 import Irreps
 from nffk.ops.linear import KERNELS, LinearPlan, linear
-from nffk.testing import poisoned_outputs, random_irreps
+from nffk.testing import assert_thread_count_independent, poisoned_outputs, random_irreps
 
 pytestmark = pytest.mark.skipif(not _ext.loaded(), reason="the compiled extension is not built")
 
@@ -60,17 +60,9 @@ def test_gradcheck_gradgradcheck_and_thread_count(shared, seeded):
     x = torch.randn(500, big.dim_in, generator=seeded)
     g = torch.randn(500, big.dim_out, generator=seeded)
     w = torch.randn(*(() if shared else (500,)), big.weight_numel, generator=seeded)
-    previous, results = torch.get_num_threads(), []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            cpu = KERNELS["cpu"]
-            results.append([cpu.forward(big, x, w), cpu.vjp_x(big, g, w), cpu.vjp_w(big, x, g, shared)])
-    finally:
-        torch.set_num_threads(previous)
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert torch.equal(a, b)
+    cpu = KERNELS["cpu"]
+    assert_thread_count_independent(
+        lambda: [cpu.forward(big, x, w), cpu.vjp_x(big, g, w), cpu.vjp_w(big, x, g, shared)])
 
 
 def test_auto_picks_cpu_and_misuse_is_reported():

@@ -6,7 +6,7 @@ import torch
 from nffk import _ext, backends, o3
 from nffk.nn import SphericalHarmonics
 from nffk.ops.spherical_harmonics import gradient_table, spherical_harmonics
-from nffk.testing import poisoned_outputs
+from nffk.testing import assert_thread_count_independent, poisoned_outputs
 
 pytestmark = pytest.mark.skipif(not _ext.loaded(), reason="the compiled extension is not built")
 
@@ -154,19 +154,13 @@ def test_batch_shapes_empty_input_module_and_thread_count(seeded):
     torch.testing.assert_close(module(x), o3.spherical_harmonics(list(range(5)), x, True), atol=1e-6, rtol=1e-5)
     # Points are independent: bitwise the same for any thread count.
     many = torch.randn(1000, 3, generator=seeded, requires_grad=True)
-    previous, results = torch.get_num_threads(), []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            y = spherical_harmonics(6, many, True, backend="cpu")
-            (grad,) = torch.autograd.grad(y.pow(2).sum(), many, create_graph=True)
-            (second,) = torch.autograd.grad(grad.pow(2).sum(), many)
-            results.append((y, grad, second))
-    finally:
-        torch.set_num_threads(previous)
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert torch.equal(a, b)
+
+    def values_and_derivatives():
+        y = spherical_harmonics(6, many, True, backend="cpu")
+        (grad,) = torch.autograd.grad(y.pow(2).sum(), many, create_graph=True)
+        (second,) = torch.autograd.grad(grad.pow(2).sum(), many)
+        return y, grad, second
+    assert_thread_count_independent(values_and_derivatives)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -5,7 +5,7 @@ import torch
 
 from nffk import _ext, backends
 from nffk.ops.tensor_product import KERNELS, TensorProductPlan, implemented_backends, tensor_product
-from nffk.testing import poisoned_outputs, random_tensor_product
+from nffk.testing import assert_thread_count_independent, poisoned_outputs, random_tensor_product
 
 pytestmark = pytest.mark.skipif(not _ext.loaded(), reason="the compiled extension is not built")
 
@@ -106,19 +106,9 @@ def test_results_do_not_depend_on_the_thread_count(dtype, seeded):
                                                                                 plan.dim_out))
     w = torch.randn(batch, plan.weight_numel, dtype=dtype, generator=seeded)
     cpu = KERNELS["cpu"]
-    previous = torch.get_num_threads()
-    outputs = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            outputs.append([cpu.forward(plan, x1, x2, w, False), cpu.vjp_x1(plan, g, x2, w, False),
-                            cpu.vjp_x2(plan, x1, g, w[0], False), cpu.vjp_w(plan, x1, x2, g, False),
-                            cpu.vjp_w(plan, x1, x2, g, True)])
-    finally:
-        torch.set_num_threads(previous)
-    for other in outputs[1:]:
-        for a, b in zip(outputs[0], other):
-            assert torch.equal(a, b)
+    assert_thread_count_independent(lambda: [
+        cpu.forward(plan, x1, x2, w, False), cpu.vjp_x1(plan, g, x2, w, False),
+        cpu.vjp_x2(plan, x1, g, w[0], False), cpu.vjp_w(plan, x1, x2, g, False), cpu.vjp_w(plan, x1, x2, g, True)])
 
 
 def test_poisoning_hook_poisons():

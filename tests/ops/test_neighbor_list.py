@@ -9,6 +9,7 @@ from ase.neighborlist import primitive_neighbor_list
 
 from nffk import _ext
 from nffk.ops import NeighborList, edge_vectors, neighbor_list
+from nffk.testing import assert_thread_count_independent
 
 nl_module = importlib.import_module("nffk.ops.neighbor_list")
 needs_ext = pytest.mark.skipif(not _ext.loaded(), reason="compiled extension not loaded")
@@ -241,19 +242,9 @@ def test_deterministic_across_thread_counts(seeded):
     positions, cells, pbcs, batch, cutoff, _ = random_batch(seeded, num_systems=40)
     # Big enough (> 1e5 pairs, > 1e6 candidates) that the kernel actually runs in parallel.
     big = torch.rand(4000, 3, generator=seeded, dtype=torch.float64) * 25
-    before = torch.get_num_threads()
-    outs = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            outs.append((neighbor_list(positions, cutoff, cells, pbcs, batch=batch, backend="cpu", return_distances=True),
-                         neighbor_list(big, 4.0, 25 * torch.eye(3, dtype=torch.float64), backend="cpu")))
-    finally:
-        torch.set_num_threads(before)
-    for other in outs[1:]:
-        for a, b in zip(outs[0], other):
-            for x, y in zip(a, b):
-                assert (x is None and y is None) or torch.equal(x, y)
+    assert_thread_count_independent(lambda: (
+        neighbor_list(positions, cutoff, cells, pbcs, batch=batch, backend="cpu", return_distances=True),
+        neighbor_list(big, 4.0, 25 * torch.eye(3, dtype=torch.float64), backend="cpu")))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

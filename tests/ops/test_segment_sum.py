@@ -4,6 +4,7 @@ import torch
 from nffk import _ext
 from nffk.ops import segment_sum
 from nffk.ops.segment_sum import segment_sum_reference
+from nffk.testing import assert_thread_count_independent
 
 needs_ext = pytest.mark.skipif(not _ext.loaded(), reason="compiled extension not loaded")
 
@@ -33,15 +34,7 @@ def test_cpu_matches_reference(dtype, seeded):
 def test_deterministic_across_threads(seeded):
     src = torch.randn(5000, 7, generator=seeded)
     ptr = random_ptr(31, 5000, seeded)
-    before = torch.get_num_threads()
-    try:
-        outs = []
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            outs.append(segment_sum(src, ptr, backend="cpu"))
-    finally:
-        torch.set_num_threads(before)
-    assert torch.equal(outs[0], outs[1])
+    assert_thread_count_independent(lambda: segment_sum(src, ptr, backend="cpu"), thread_counts=(1, 2))
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=needs_ext)])
