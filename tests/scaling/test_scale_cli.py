@@ -96,8 +96,9 @@ def test_presets_and_grids(tmp_path):
     order = longest_first(default)  # widest model of the last (most expensive) architecture first
     by_id = {s.run_id: s for s in default}
     assert sorted(order) == sorted(by_id)
-    assert (by_id[order[0]].label, by_id[order[0]].width) == ("Equivariant-lmax2", 16)
-    assert (by_id[order[-1]].label, by_id[order[-1]].width) == ("MPNN", 16)
+    widths = PRESETS["default"].widths
+    assert (by_id[order[0]].label, by_id[order[0]].width) == ("Equivariant-lmax2", max(widths["Equivariant-lmax2"]))
+    assert (by_id[order[-1]].label, by_id[order[-1]].width) == ("MPNN", min(widths["MPNN"]))
     specs = grid_for(PRESETS["default"], archs=["Equivariant-lmax3", "MPNN"], widths=[4, 8],
                      data_budgets=[1000, 2000], options={"forces": "conservative"})
     assert len(specs) == 8 and all(s.options["forces"] == "conservative" for s in specs)

@@ -26,7 +26,11 @@ def cached(key, build):
 
 def require(module: str, distribution: str):
     """Import a peer or raise PeerMissing naming the package to install."""
-    if importlib.util.find_spec(module) is None:
+    try:  # find_spec of "a.b" imports "a" first, and raises when "a" itself is missing
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
         raise PeerMissing(f"not installed (pip install {distribution})")
     return importlib.import_module(module)
 
