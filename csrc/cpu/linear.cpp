@@ -33,18 +33,6 @@ struct LinearProgram {
   int64_t max_block = 0, max_weights = 0;
 };
 
-std::vector<std::pair<int64_t, int64_t>> uncovered(std::vector<std::pair<int64_t, int64_t>> covered, int64_t size) {
-  std::sort(covered.begin(), covered.end());
-  std::vector<std::pair<int64_t, int64_t>> result;
-  int64_t at = 0;
-  for (const auto& [begin, end] : covered) {
-    if (begin > at) result.emplace_back(at, begin);
-    at = std::max(at, end);
-  }
-  if (at < size) result.emplace_back(at, size);
-  return result;
-}
-
 template <typename T>
 LinearProgram<T> build(const char* op, const at::Tensor& table, const at::Tensor& coefficients, int64_t dim_in,
                        int64_t dim_out, int64_t weight_numel) {
@@ -95,8 +83,8 @@ LinearProgram<T> build(const char* op, const at::Tensor& table, const at::Tensor
   };
   prog.out_groups = group(true);
   prog.in_groups = group(false);
-  prog.out_gaps = uncovered(out_cover, dim_out);
-  prog.in_gaps = uncovered(in_cover, dim_in);
+  prog.out_gaps = gaps(out_cover, dim_out);
+  prog.in_gaps = gaps(in_cover, dim_in);
   return prog;
 }
 

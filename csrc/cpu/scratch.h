@@ -1,8 +1,11 @@
 // Small helpers of the CPU drivers: SIMD width, rounding, aligned per-task scratch.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <new>
+#include <utility>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -51,6 +54,20 @@ inline void advise_huge_pages(void* data, size_t bytes) {
   (void)data;
   (void)bytes;
 #endif
+}
+
+// The parts of [0, size) that no range in `covered` touches: output elements no path writes,
+// which a kernel must zero itself (outputs are never pre-filled).
+inline std::vector<std::pair<int64_t, int64_t>> gaps(std::vector<std::pair<int64_t, int64_t>> covered, int64_t size) {
+  std::sort(covered.begin(), covered.end());
+  std::vector<std::pair<int64_t, int64_t>> result;
+  int64_t at = 0;
+  for (const auto& [begin, end] : covered) {
+    if (begin > at) result.emplace_back(at, begin);
+    at = std::max(at, end);
+  }
+  if (at < size) result.emplace_back(at, size);
+  return result;
 }
 
 }  // namespace nffk::cpu

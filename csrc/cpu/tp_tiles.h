@@ -47,18 +47,6 @@ struct Program {
   int64_t out_row_size = 0;  // a whole output row in channel-major blocks (out_blocks[b].slot)
 };
 
-inline std::vector<std::pair<int64_t, int64_t>> gaps(std::vector<std::pair<int64_t, int64_t>> covered, int64_t size) {
-  std::sort(covered.begin(), covered.end());
-  std::vector<std::pair<int64_t, int64_t>> result;
-  int64_t at = 0;
-  for (const auto& [begin, end] : covered) {
-    if (begin > at) result.emplace_back(at, begin);
-    at = std::max(at, end);
-  }
-  if (at < size) result.emplace_back(at, size);
-  return result;
-}
-
 // Reads and validates the plan's kernel tables (so that no table, however wrong, makes a kernel
 // read or write out of bounds) and builds the per-call program.
 template <typename T>

@@ -314,11 +314,7 @@ def _fit_frontier_points(x, loss, l_inf, starts=None, top_k=6):
         grid = np.array(list(itertools.product(*grid_axes)))
         best = _best_of_grid(objective, batch, grid, top_k, bounds)
     else:
-        best = None
-        for start in starts:
-            result = _lbfgs(objective, start, bounds)
-            if result is not None and (best is None or result.fun < best.fun):
-                best = result
+        best = _best_of_starts(objective, starts, bounds)
     if best is None:
         raise FitError("the frontier fit did not converge from any initialisation")
     f, gamma = best.x[0], best.x[1]
@@ -478,6 +474,16 @@ def _surface_problem(u, v, y, delta):
     return objective, batch
 
 
+def _best_of_starts(objective, starts, bounds):
+    """The lowest L-BFGS result over the given initialisations (None if none converged)."""
+    best = None
+    for start in starts:
+        result = _lbfgs(objective, start, bounds)
+        if result is not None and (best is None or result.fun < best.fun):
+            best = result
+    return best
+
+
 def _fit_surface_points(N, D, loss, delta, starts=None, top_k=8, grid_points=2000, rng=None):
     N0 = float(np.exp(np.mean(np.log(N))))
     D0 = float(np.exp(np.mean(np.log(D))))
@@ -499,11 +505,7 @@ def _fit_surface_points(N, D, loss, delta, starts=None, top_k=8, grid_points=200
             np.log(np.median(loss)) + np.log([0.01, 0.05, 0.2, 0.5, 1.0]), exponents)))
         best = _best_of_grid(objective, batch, grid, top_k, bounds)
     else:
-        best = None
-        for start in starts:
-            result = _lbfgs(objective, start, bounds)
-            if result is not None and (best is None or result.fun < best.fun):
-                best = result
+        best = _best_of_starts(objective, starts, bounds)
     if best is None:
         raise FitError("the L(N, D) fit did not converge from any initialisation")
     e, a, alpha, b, beta = best.x
