@@ -160,6 +160,28 @@ def test_results_do_not_depend_on_the_thread_count(dtype, seeded):
         cpu.vjp_w(plan, x, sh, g, graph, True)], thread_counts=(1, 2, 3, 3))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_vjp_x_summed_over_several_slabs(dtype, seeded):
+    """vjp_x adds each edge into its sender's row of a per-slab partial sum (slabs of ~8k edges,
+    csrc/cpu/conv.cpp): with 30k edges several slabs meet in most rows. Against the reference, and
+    bitwise across thread counts."""
+    plan = make_plan(random_tensor_product(seeded, modes=("uvu", "uvw"), lmax=1, max_mul=4, max_paths=3))
+    n, e = 400, 30_000
+    receivers = torch.sort(torch.randint(0, n - 1, (e,), generator=seeded)).values  # node n-1: isolated
+    senders = torch.randint(0, n - 1, (e,), generator=seeded)
+    graph = ConvGraph.build(senders, receivers, n)
+    g = torch.randn(n, plan.dim_out, dtype=torch.float64, generator=seeded).to(dtype)
+    sh = torch.randn(e, plan.dim_in2, dtype=torch.float64, generator=seeded).to(dtype)
+    w = torch.randn(e, plan.weight_numel, dtype=torch.float64, generator=seeded).to(dtype)
+    cpu, reference = KERNELS["cpu"], KERNELS["reference"]
+    with poisoned_outputs():
+        got = cpu.vjp_x(plan, g, sh, w, graph, False)
+    expected = reference.vjp_x(plan, g.double(), sh.double(), w.double(), graph, False)
+    assert relative_error(got, expected) <= TOLERANCE[dtype]
+    assert torch.all(got[-1] == 0)
+    assert_thread_count_independent(lambda: [cpu.vjp_x(plan, g, sh, w, graph, False)], thread_counts=(1, 2, 3))
+
+
 def test_auto_picks_cpu_for_cpu_tensors_and_supported_plans():
     plan = TensorProductPlan("2x0e+2x1o", "0e+1o", "2x0e+2x1o", [(0, 0, 0, "uvu", True), (1, 1, 0, "uvu", True)])
     assert backends.resolve("conv", "auto", torch.device("cpu"), implemented_backends(plan, torch.float32)) == "cpu"
