@@ -201,6 +201,21 @@ def test_float32_register_kernel_of_low_degrees(lmax, seeded):
     assert relative(ours.double(), expected) <= TOLERANCE[torch.float32]
 
 
+def test_no_grad_direct_call_matches_the_custom_op_and_transforms_still_work(seeded):
+    # Without autograd the forward calls the kernel directly; under vmap, torch.compile or with
+    # autograd recording it goes through the custom op. All give the same values.
+    x = torch.randn(37, 3, generator=seeded)
+    ls = [0, 1, 2, 3]
+    direct = spherical_harmonics(ls, x, True, "component", backend="cpu")
+    through_op = spherical_harmonics(ls, x.clone().requires_grad_(), True, "component", backend="cpu").detach()
+    assert torch.equal(direct, through_op)
+    batched = torch.func.vmap(lambda v: spherical_harmonics(ls, v, True, "component", backend="cpu"))(x.view(1, 37, 3))
+    assert torch.equal(batched[0], direct)
+    compiled = torch.compile(lambda v: spherical_harmonics(ls, v, True, "component", backend="cpu"), fullgraph=True)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), direct)
+
+
 def test_misuse():
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match=r"shape \[\.\.\., 3\]"):
