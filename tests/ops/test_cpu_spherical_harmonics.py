@@ -192,6 +192,8 @@ def test_float32_register_kernel_of_low_degrees(lmax, seeded):
                     ours = spherical_harmonics(ls, x_in, normalize, normalization, backend="cpu")
                 expected = o3.spherical_harmonics(ls, x_in.double(), normalize, normalization)
                 assert relative(ours.double(), expected) <= TOLERANCE[torch.float32], (n, normalize, normalization)
+    many = torch.randn(3001, 3, generator=seeded)
+    assert_thread_count_independent(lambda: spherical_harmonics(ls, many, True, "component", backend="cpu"))
     if lmax < 2:
         return  # (16 MiB is millions of vectors at these degrees)
     large = vectors((16 << 20) // (4 * (lmax + 1) ** 2) + 13, torch.float32, seeded)
