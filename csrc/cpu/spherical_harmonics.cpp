@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "nffk/spherical_harmonics.h"
@@ -243,6 +244,121 @@ void load_grad(const SHPlan<T>& plan, const T* rows, int64_t count, T* cols, T* 
   }
 }
 
+#if defined(__AVX512F__)
+// Float32 values of degrees 0..LMAX, LMAX <= 3: at most 16 components, so a block of 16 points is
+// one 16x16 register tile and never leaves the registers between its load and its rows' stores
+// (the generic path goes through L1 scratch with runtime bounds at every step, which at these
+// degrees costs several times the arithmetic).
+namespace small {
+
+// 1 / max(|v|, eps) from r2 = |v|^2: rsqrt14 and one Newton step (a few ulp), then the edge cases
+// of torch.nn.functional.normalize: below eps it divides by eps; |v|^2 = inf gives 0.
+inline __m512 inverse_norm(__m512 r2, float eps) {
+  const __m512 guess = _mm512_rsqrt14_ps(r2);
+  __m512 inv = 0.5f * guess * (3.0f - r2 * guess * guess);
+  inv = _mm512_mask_mov_ps(inv, _mm512_cmp_ps_mask(r2, _mm512_set1_ps(eps * eps), _CMP_LT_OQ),
+                           _mm512_set1_ps(1.0f / eps));
+  return _mm512_mask_mov_ps(inv, _mm512_cmp_ps_mask(r2, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ), _mm512_setzero_ps());
+}
+
+// P[t] for t < (LMAX + 1)^2: the recurrence of sh::values, unrolled (every index is a constant,
+// so P stays in registers).
+template <int LMAX>
+inline void values(const float* a, const float* b, __m512 x, __m512 y, __m512 z, __m512* P) {
+  const __m512 r2 = x * x + y * y + z * z;
+  __m512 c = z, s = x;  // c_l + i s_l = (z + i x)^l
+  P[0] = _mm512_set1_ps(1.0f);
+#pragma GCC unroll 4
+  for (int l = 1; l <= LMAX; ++l) {
+    const int t = l * (l + 1) / 2, base = l * l;
+    P[base] = a[t + l] * s;
+    P[base + 2 * l] = a[t + l] * c;
+#pragma GCC unroll 8
+    for (int m = -(l - 1); m <= l - 1; ++m) {
+      const int M = m < 0 ? -m : m;
+      const __m512 above = P[(l - 1) * (l - 1) + (l - 1) + m];
+      P[base + l + m] = M <= l - 2 ? a[t + M] * y * above - b[t + M] * r2 * P[(l - 2) * (l - 2) + (l - 2) + m]
+                                   : a[t + M] * y * above;
+    }
+    const __m512 cn = z * c - x * s;
+    s = z * s + x * c;
+    c = cn;
+  }
+}
+
+template <int LMAX>
+void values_rows(const SHPlan<float>& plan, bool normalize, const float* px, int64_t points, int64_t begin,
+                 int64_t end, float* out, bool stream) {
+  constexpr int B = 16, kCount = (LMAX + 1) * (LMAX + 1);
+  const float eps = float(kNormalizeEps);
+  const __mmask16 row_mask = static_cast<__mmask16>((1u << kCount) - 1);
+  alignas(64) float lanes[3 * B];
+  alignas(64) float staged[B * kCount];
+  static const Deinterleave3<float> deinterleave;
+  for (int64_t blk = begin; blk < end; ++blk) {
+    const int64_t n0 = blk * B, count = std::min<int64_t>(B, points - n0);
+    if (count == B)
+      deinterleave(px + n0 * 3, lanes);
+    else
+      load3(px + n0 * 3, count, lanes);
+    __m512 x = _mm512_load_ps(lanes), y = _mm512_load_ps(lanes + B), z = _mm512_load_ps(lanes + 2 * B);
+    if (normalize) {
+      const __m512 inv = inverse_norm(x * x + y * y + z * z, eps);
+      x *= inv;
+      y *= inv;
+      z *= inv;
+    }
+    __m512 r[B];
+    values<LMAX>(plan.a.data(), plan.b.data(), x, y, z, r);
+    if (!plan.unit_scale)
+      for (int l = 0; l <= LMAX; ++l)
+        for (int t = l * l; t < (l + 1) * (l + 1); ++t) r[t] *= plan.scale[l];
+    for (int t = kCount; t < B; ++t) r[t] = _mm512_setzero_ps();
+    detail::transpose16(r);  // r[n] = the row of point n0 + n (lanes >= kCount are zero)
+    float* rows = out + n0 * kCount;
+    if (count < B) {
+      for (int n = 0; n < count; ++n) _mm512_mask_storeu_ps(rows + n * kCount, row_mask, r[n]);
+    } else if (stream) {  // rows through L1, then non-temporal whole-vector stores
+      for (int n = 0; n < B; ++n) _mm512_mask_storeu_ps(staged + n * kCount, row_mask, r[n]);
+      copy_block(staged, B * kCount, rows, true);
+    } else if (kCount == B) {
+      for (int n = 0; n < B; ++n) _mm512_storeu_ps(rows + n * B, r[n]);
+    } else {
+      for (int n = 0; n < B; ++n) _mm512_mask_storeu_ps(rows + n * kCount, row_mask, r[n]);
+    }
+  }
+  stream_fence();
+}
+
+}  // namespace small
+
+// Runs the register kernel where it applies (float32, values of 0..lmax with lmax <= 3); false otherwise.
+template <typename T>
+bool small_values(const SHPlan<T>& plan, bool normalize, int64_t points, const T* px, T* out, bool stream) {
+  if constexpr (!std::is_same_v<T, float>) {
+    return false;
+  } else {
+    if (!plan.all_degrees || plan.lmax > 3) return false;
+    const int64_t blocks = (points + 15) / 16;
+    const int64_t grain = std::max<int64_t>(1, 4096 / (16 * (plan.dim + 3)));
+    at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+      switch (plan.lmax) {
+        case 0: small::values_rows<0>(plan, normalize, px, points, begin, end, out, stream); break;
+        case 1: small::values_rows<1>(plan, normalize, px, points, begin, end, out, stream); break;
+        case 2: small::values_rows<2>(plan, normalize, px, points, begin, end, out, stream); break;
+        default: small::values_rows<3>(plan, normalize, px, points, begin, end, out, stream); break;
+      }
+    });
+    return true;
+  }
+}
+#else
+template <typename T>
+bool small_values(const SHPlan<T>&, bool, int64_t, const T*, T*, bool) {
+  return false;
+}
+#endif
+
 enum class SHKernel { kValues, kVjp, kVjpVjp };
 
 template <typename T>
@@ -255,6 +371,7 @@ void run_sh(SHKernel kernel, const SHPlan<T>& plan, bool normalize, int64_t poin
   const int64_t blocks = (points + B - 1) / B;
   const int64_t grain = std::max<int64_t>(1, 4096 / (B * (plan.dim + 3)));
   const bool stream = points * plan.dim * int64_t(sizeof(T)) >= kStreamBytes;
+  if (kernel == SHKernel::kValues && small_values(plan, normalize, points, px, out, stream)) return;
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
     SHScratch<T> s(plan);
     sh::Frame<T, B> frame;

@@ -25,6 +25,7 @@ from fractions import Fraction
 from typing import List, Tuple
 
 import torch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from nffk import backends, o3
 from nffk.o3.spherical_harmonics import (_degrees, _scaled_coefficients, _sqrt_rational,
@@ -118,11 +119,16 @@ def _kernel_args(ls: List[int], x: torch.Tensor):
 # ---------------------------------------------------------------------------------------------
 # Custom ops of the cpu and cuda backends (torch.ops.nffk_C dispatches on the device)
 # ---------------------------------------------------------------------------------------------
-@torch.library.custom_op("nffk::sh_forward", mutates_args=())
-def _sh_forward(x: torch.Tensor, ls: List[int], normalize: bool, normalization: int) -> torch.Tensor:
+def _forward(x: torch.Tensor, ls: List[int], normalize: bool, normalization: int) -> torch.Tensor:
+    """The compiled forward: the custom op's body, and called directly on the no-grad path."""
     out = _outputs.new((x.shape[0], sum(2 * l + 1 for l in ls)), x)
     torch.ops.nffk_C.sh_forward(x.contiguous(), ls, normalize, normalization, *_kernel_args(ls, x), out)
     return out
+
+
+@torch.library.custom_op("nffk::sh_forward", mutates_args=())
+def _sh_forward(x: torch.Tensor, ls: List[int], normalize: bool, normalization: int) -> torch.Tensor:
+    return _forward(x, ls, normalize, normalization)
 
 
 @torch.library.custom_op("nffk::sh_vjp", mutates_args=())
@@ -303,6 +309,17 @@ _sh_triton_jvp.register_autograd(_triton_backward_jvp, setup_context=_save_trito
 _sh_triton_hvp.register_autograd(_triton_backward_hvp, setup_context=_save_triton)
 
 
+def _direct_call_is_safe(x: torch.Tensor) -> bool:
+    """Whether a forward of x may call the compiled kernel without the custom op (whose dispatch
+    costs ~30 us a call, as long as a small kernel): a plain tensor that autograd does not record,
+    under no functorch transform (vmap, grad) or dispatch mode, outside torch.compile (which traces
+    the custom op with fake tensors)."""
+    if torch.compiler.is_compiling():  # first: Dynamo cannot trace the checks below
+        return False
+    return (type(x) is torch.Tensor and not (x.requires_grad and torch.is_grad_enabled())
+            and not torch._C._functorch.is_functorch_wrapped_tensor(x) and not is_in_torch_dispatch_mode())
+
+
 def implemented_backends(ls, dtype: torch.dtype) -> tuple:
     """Backends that implement these degrees in this dtype."""
     names = ["reference", "triton"]
@@ -335,6 +352,8 @@ def spherical_harmonics(ls, x: torch.Tensor, normalize: bool = True, normalizati
         if normalize:
             flat = torch.nn.functional.normalize(flat, dim=-1, eps=NORMALIZE_EPS)
         out = torch.ops.nffk.sh_triton_forward(flat, degrees, NORMALIZATIONS.index(normalization))
+    elif _direct_call_is_safe(flat):
+        out = _forward(flat, degrees, bool(normalize), NORMALIZATIONS.index(normalization))
     else:
         out = torch.ops.nffk.sh_forward(flat, degrees, bool(normalize), NORMALIZATIONS.index(normalization))
     return out.reshape(*x.shape[:-1], out.shape[-1])

@@ -177,6 +177,47 @@ def test_large_outputs_take_the_streaming_path(dtype, seeded):
             assert relative(ours.double(), expected) < 10 * TOLERANCE[dtype], (ls, normalization)
 
 
+@pytest.mark.parametrize("lmax", [0, 1, 2, 3])
+def test_float32_register_kernel_of_low_degrees(lmax, seeded):
+    # Float32 values of degrees 0..3 have their own kernel (one register tile per block, rsqrt and
+    # a Newton step for 1/|x|): every normalisation, with and without normalising, partial blocks,
+    # no autograd (the direct call), and outputs large enough for the non-temporal stores.
+    ls = list(range(lmax + 1))
+    for n in (1, 15, 16, 47):
+        x = vectors(n, torch.float32, seeded)
+        for normalize in (True, False):
+            x_in = x if normalize else x / x.norm(dim=-1, keepdim=True).clamp_min(1)
+            for normalization in ("integral", "component", "norm"):
+                with poisoned_outputs():
+                    ours = spherical_harmonics(ls, x_in, normalize, normalization, backend="cpu")
+                expected = o3.spherical_harmonics(ls, x_in.double(), normalize, normalization)
+                assert relative(ours.double(), expected) <= TOLERANCE[torch.float32], (n, normalize, normalization)
+    many = torch.randn(3001, 3, generator=seeded)
+    assert_thread_count_independent(lambda: spherical_harmonics(ls, many, True, "component", backend="cpu"))
+    if lmax < 2:
+        return  # (16 MiB is millions of vectors at these degrees)
+    large = vectors((16 << 20) // (4 * (lmax + 1) ** 2) + 13, torch.float32, seeded)
+    with poisoned_outputs():
+        ours = spherical_harmonics(ls, large, True, "component", backend="cpu")
+    expected = o3.spherical_harmonics(ls, large.double(), True, "component")
+    assert relative(ours.double(), expected) <= TOLERANCE[torch.float32]
+
+
+def test_no_grad_direct_call_matches_the_custom_op_and_transforms_still_work(seeded):
+    # Without autograd the forward calls the kernel directly; under vmap, torch.compile or with
+    # autograd recording it goes through the custom op. All give the same values.
+    x = torch.randn(37, 3, generator=seeded)
+    ls = [0, 1, 2, 3]
+    direct = spherical_harmonics(ls, x, True, "component", backend="cpu")
+    through_op = spherical_harmonics(ls, x.clone().requires_grad_(), True, "component", backend="cpu").detach()
+    assert torch.equal(direct, through_op)
+    batched = torch.func.vmap(lambda v: spherical_harmonics(ls, v, True, "component", backend="cpu"))(x.view(1, 37, 3))
+    assert torch.equal(batched[0], direct)
+    compiled = torch.compile(lambda v: spherical_harmonics(ls, v, True, "component", backend="cpu"), fullgraph=True)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), direct)
+
+
 def test_misuse():
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match=r"shape \[\.\.\., 3\]"):
