@@ -169,7 +169,7 @@ void conv_forward_impl(const Program<T>& prog, const Graph& graph, const T* x, c
 // number of slabs that depends on the edge count only; each slab (one task) owns a partial
 // [nodes, x1] buffer summed in edge order, and the slabs are added in slab order at the end: the
 // same bits for any thread count.
-constexpr int64_t kEdgesPerSlab = 8192;
+constexpr int64_t kEdgesPerSlab = 4096;  // small enough that 2-8 threads get even shares at ~30k edges
 constexpr int64_t kMaxSlabs = 8;  // partial buffers: kMaxSlabs x nodes x dim1 at most
 
 template <typename T>

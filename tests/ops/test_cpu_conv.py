@@ -162,7 +162,7 @@ def test_results_do_not_depend_on_the_thread_count(dtype, seeded):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_vjp_x_summed_over_several_slabs(dtype, seeded):
-    """vjp_x adds each edge into its sender's row of a per-slab partial sum (slabs of ~8k edges,
+    """vjp_x adds each edge into its sender's row of a per-slab partial sum (slabs of ~4k edges,
     csrc/cpu/conv.cpp): with 30k edges several slabs meet in most rows. Against the reference, and
     bitwise across thread counts."""
     plan = make_plan(random_tensor_product(seeded, modes=("uvu", "uvw"), lmax=1, max_mul=4, max_paths=3))
