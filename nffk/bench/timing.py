@@ -3,6 +3,7 @@ flatter, device synchronisation, implementations interleaved so that load from o
 processes hits all of them alike."""
 from __future__ import annotations
 
+import gc
 import math
 import os
 import statistics
@@ -97,17 +98,27 @@ def time_interleaved(functions: dict, rotation: Rotation, warmup: int = 3, repea
         for _ in range(warmup):
             call(name, fn)
     times = {name: [] for name in functions}
-    start = time.perf_counter()
-    rounds = 0
-    while True:
-        elapsed = time.perf_counter() - start
-        if rounds >= repeat and elapsed >= min_seconds:
-            break
-        if rounds >= min_repeat and elapsed >= max_seconds:
-            break
-        for name, fn in functions.items():
-            times[name].append(call(name, fn))
-        rounds += 1
+    # Python's cyclic garbage collector runs at allocation-count thresholds, so its pauses (up
+    # to milliseconds after the harness has built big inputs) land inside random timed calls:
+    # collect once now and keep it off while timing.
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        rounds = 0
+        while True:
+            elapsed = time.perf_counter() - start
+            if rounds >= repeat and elapsed >= min_seconds:
+                break
+            if rounds >= min_repeat and elapsed >= max_seconds:
+                break
+            for name, fn in functions.items():
+                times[name].append(call(name, fn))
+            rounds += 1
+    finally:
+        if was_enabled:
+            gc.enable()
     return times
 
 

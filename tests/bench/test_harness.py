@@ -122,6 +122,18 @@ def test_rotation_never_repeats_a_set_back_to_back():
     assert stats["median_s"] == 2.5 and stats["min_s"] == 1.0 and stats["runs"] == 4
 
 
+def test_garbage_collection_is_off_while_timing_and_restored_after():
+    """Timed rounds run with the cyclic collector off (its pauses would land in random calls);
+    warm-up calls and the caller's setting are untouched."""
+    import gc
+    states = []
+    rotation = Rotation([(0,), (1,)])
+    assert gc.isenabled()
+    time_interleaved({"f": lambda k: states.append(gc.isenabled())}, rotation, warmup=2, repeat=3)
+    assert states == [True, True, False, False, False]
+    assert gc.isenabled()
+
+
 def test_ratios_are_taken_within_each_case():
     """A sweep repeating a main case's config and size is a separate case: each has its own nffk time."""
     def record(impl, seconds, family):
