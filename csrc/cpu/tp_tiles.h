@@ -584,7 +584,10 @@ void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, bool accumulate, TP
         const int64_t ld = xb.ld;
         T* block = gw + p.weight_offset;
         for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE) {
-          if (p.mode == tp::kUVU) {
+          if (p.mode == tp::kUVU && p.mul2 == 1 && p.mul1 == ld && !accumulate) {
+            // No padding to drop and no stride: straight into the row with vector stores.
+            weight_grad(A, int64_t(p.d3) * TE, TE, p.d1, p.d3, xc, gc, ld, block);
+          } else if (p.mode == tp::kUVU) {
             weight_grad(A, int64_t(p.d3) * TE, TE, p.d1, p.d3, xc, gc, ld, s.gwv);
             if (accumulate) {
               for (int64_t u = 0; u < p.mul1; ++u) block[u * p.mul2 + v] += s.gwv[u];
