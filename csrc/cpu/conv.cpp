@@ -4,10 +4,11 @@
 //   vjp_sh   gsh[e]  = vjp_x2(x[j], g[i], w[e])        (per edge)
 //   vjp_w    gw[e]   = vjp_w(x[j], sh[e], g[i])         (per edge, or summed over edges when shared)
 // built from the tensor product's tiles (tp_tiles.h) with gathered input rows. No per-edge output
-// tensor exists: the two reductions run over CSR segments (edges by receiver, and the sender-sorted
-// view for vjp_x), a segment is owned by one task, and its edges are summed in edge order starting
-// from zero. So there are no atomics, and the bits do not depend on the number of threads nor on
-// where tiles or tasks begin (a tile's per-element arithmetic does not depend on its neighbours).
+// tensor exists. The forward's sums run over receiver segments, each owned by one task and summed
+// in edge order from zero; vjp_x also runs in receiver order, into per-slab partial sender rows
+// (slabs fixed by the graph) added in slab order. So there are no atomics, and the bits do not
+// depend on the number of threads nor on where tiles or tasks begin (a tile's per-element
+// arithmetic does not depend on its neighbours).
 #include "ops.h"
 #include "tp_tiles.h"
 

@@ -10,8 +10,8 @@ edge attributes sh, edge weights w), and its vector-Jacobian products are trilin
 
 Each differentiates into the others, so backends implement these four and every derivative
 order follows. Edges are sorted by receiver (CSR, `receiver_ptr`); `sender_order` and
-`sender_ptr` give the sender-sorted view a deterministic fused backward needs. `ConvGraph`
-builds both once per graph.
+`sender_ptr` give the sender-sorted view (the GPU kernels' deterministic vjp_x runs over it; the
+cpu one runs in receiver order into per-slab partial sums). `ConvGraph` builds both once per graph.
 
 The reference backend is the unfused gather -> tensor product -> index_add: it materialises
 the per-edge tensors that fused kernels avoid.
