@@ -13,8 +13,9 @@ energy read out from the scalar outputs. Passes:
     conv *       the same three on the message passing alone: node features, SH and weights are
                  leaves ("forces" are the gradient w.r.t. the SH), no MLP or SH evaluation
 
-Systems: a periodic box of random atoms (~30 neighbours within the 5 Å cutoff) and a batch of
-small random molecules (9-29 atoms, ~QM9 density). Times are medians of interleaved repeats in
+Systems: a periodic box of random atoms (~30 neighbours within the 5 Å cutoff), numbered at
+random ("periodic", no locality in the gathers) or cell by cell ("periodic-sorted", as supercells
+and sorted MD snapshots are), and a batch of small random molecules (9-29 atoms, ~QM9 density). Times are medians of interleaved repeats in
 one process. Peak memory (--memory) is measured for each (system, pass, implementation) in a
 fresh process: the peak resident set during one step (VmHWM, reset through /proc/self/clear_refs
 just before it) minus the resident set before it, after a warm-up step on a tiny system (e3nn's
@@ -55,11 +56,20 @@ PASSES = LAYER_PASSES + CONV_PASSES
 # ------------------------------------------------------------------------------------------------
 # Systems
 # ------------------------------------------------------------------------------------------------
-def periodic_system(atoms: int, neighbors: float, seed: int = 0) -> dict:
-    """Random atoms in a cubic periodic box, dense enough for ~`neighbors` within CUTOFF."""
+def periodic_system(atoms: int, neighbors: float, seed: int = 0, order: str = "random") -> dict:
+    """Random atoms in a cubic periodic box, dense enough for ~`neighbors` within CUTOFF.
+
+    order="random": atoms numbered at random (no locality: the worst case for gathers);
+    "space": numbered cell by cell (cells of CUTOFF, x-major), as a supercell built by repetition
+    or a spatially sorted MD snapshot is."""
     density = neighbors / (4 / 3 * math.pi * CUTOFF ** 3)
     length = (atoms / density) ** (1 / 3)
     positions = torch.tensor(np.random.default_rng(seed).uniform(0, length, (atoms, 3)), dtype=torch.float32)
+    if order == "space":
+        cells = max(1, int(length // CUTOFF))
+        index = (positions / length * cells).long().clamp(max=cells - 1)
+        key = (index[:, 0] * cells + index[:, 1]) * cells + index[:, 2]
+        positions = positions[torch.sort(key, stable=True).indices]
     cell = torch.eye(3) * length
     pairs = neighbor_list(positions, CUTOFF, cell=cell)
     return {"positions": positions, "cell": cell, "senders": pairs.senders, "receivers": pairs.receivers,
@@ -206,7 +216,10 @@ def step(pass_name: str, layer: Layer, messages, system: dict, forces_target: to
 
 
 def make_system(name: str, args) -> dict:
-    system = periodic_system(args.atoms, args.neighbors) if name == "periodic" else molecule_batch(args.molecules)
+    if name == "molecules":
+        system = molecule_batch(args.molecules)
+    else:
+        system = periodic_system(args.atoms, args.neighbors, order="space" if name == "periodic-sorted" else "random")
     return with_leaves(system)
 
 
@@ -262,7 +275,9 @@ def main(argv=None) -> int:
     parser.add_argument("--atoms", type=int, default=5000)
     parser.add_argument("--neighbors", type=float, default=30)
     parser.add_argument("--molecules", type=int, default=128)
-    parser.add_argument("--systems", nargs="+", default=["periodic", "molecules"], choices=["periodic", "molecules"])
+    parser.add_argument("--systems", nargs="+", default=["periodic", "periodic-sorted", "molecules"],
+                        choices=["periodic", "periodic-sorted", "molecules"],
+                        help="periodic: atoms numbered at random; periodic-sorted: the same box numbered cell by cell")
     parser.add_argument("--passes", nargs="+", default=list(PASSES), choices=PASSES)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (e3nn's TorchScript "
