@@ -5,12 +5,12 @@
 // normal. Phase B (per receiver i): visit every bin within reach, each together with the
 // integer image T it is seen through (a bin is visited once per distinct image, so a cell
 // thinner than the cutoff gives many images); consecutive bins of a row with the same image
-// are one contiguous range of atoms. B1 only counts the candidates closer than the cutoff,
-// which gives the CSR pointer and outputs of exactly the right size; B2 repeats the same tests,
-// writes the kept ones as 64-bit keys (sender, image) straight into the receiver's slice of the
-// output, sorts them and decodes them in place into senders, shifts S = T - wrap[j] + wrap[i]
-// and distances/vectors from the original positions. Every receiver owns its slice of the
-// output, so the result does not depend on the number of threads.
+// are one contiguous range of atoms. B1 keeps the candidates closer than the cutoff as 64-bit
+// keys (sender, image), sorted per receiver, in a per-thread scratch; their counts give the CSR
+// pointer and outputs of exactly the right size. B2 decodes the keys into senders, shifts
+// S = T - wrap[j] + wrap[i] and distances/vectors from the original positions. Every receiver's
+// pairs depend on it alone and land in its own slice of the output, so the result does not
+// depend on the number of threads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
@@ -18,6 +18,10 @@
 #include <cmath>
 #include <cstring>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "nffk/neighbor_list.h"
 #include "ops.h"
@@ -32,8 +36,9 @@ constexpr double kBinMargin = 1e-9;   // bins are this much (relative) thicker t
 // Below about a millisecond of work a phase runs on one thread: waking the others costs more
 // than it saves (and far more on a machine shared with other jobs).
 constexpr int64_t kParallelBinning = 32768;        // atoms (binning: ~30 ns per atom)
-constexpr double kParallelCandidates = 1 << 20;    // candidate pairs (counting: ~1 ns each)
-constexpr int64_t kParallelPairs = 100000;         // pairs (filling: ~10-25 ns each)
+constexpr double kParallelCandidates = 1 << 20;    // candidate pairs (searching: ~2-5 ns each)
+// Keys (8 bytes per pair) a thread keeps in its scratch between calls: 64 MB.
+constexpr size_t kKeepScratchKeys = size_t(1) << 23;
 
 // The cell list of one system. Its arrays live in flat buffers shared by all systems (one
 // allocation each, whatever the number of systems); the grid holds offsets into them.
@@ -167,12 +172,9 @@ void fill_grid(const Grid& g, Atoms& at) {
   }
 }
 
-// Phase B for receiver `a` (index within its system): the number of its neighbours, and with
-// kWrite their keys (unsorted) in out[0:count], never beyond out[capacity - 1]. Both passes
-// visit and test candidates identically, so the first pass counts exactly what the second
-// writes (-1 if it would write more: a bug, reported rather than written out of bounds). Slot positions are separate x, y,
-// z arrays so that the distance loop vectorises.
-template <bool kWrite>
+// Phase B1 for receiver `a` (index within its system): writes its neighbours' keys (unsorted)
+// to out[0:count] and returns count, or -1 if they do not fit in `capacity` (nothing is written
+// beyond it). Slot positions are separate x, y, z arrays so that the distance loop vectorises.
 int64_t search_atom(const Grid& g, const Atoms& at, int64_t a, double cutoff_sq, bool self_interaction,
                     uint64_t* out, int64_t capacity) {
   constexpr int64_t kBlock = 64;
@@ -222,18 +224,11 @@ int64_t search_atom(const Grid& g, const Atoms& at, int64_t a, double cutoff_sq,
             const double x = xs[p0 + q] + delta[0], y = ys[p0 + q] + delta[1], z = zs[p0 + q] + delta[2];
             kept |= uint64_t(x * x + y * y + z * z < cutoff_sq) << q;
           }
-          if (!kWrite && !skip_self) {
-            found += __builtin_popcountll(kept);
-            continue;
-          }
           for (; kept; kept &= kept - 1) {  // visit only the kept ones
             const int32_t j = atoms[p0 + __builtin_ctzll(kept)];
             if (skip_self && j == a) continue;
-            if (kWrite) {
-              if (found == capacity) return -1;  // cannot happen: both passes test alike
-              out[found] = (uint64_t(j) << shift) | image;
-            }
-            ++found;
+            if (found == capacity) return -1;
+            out[found++] = (uint64_t(j) << shift) | image;
           }
         }
       }
@@ -277,6 +272,43 @@ void sort_keys(uint64_t* keys, int64_t n, std::vector<uint64_t>& scratch) {
   for (int64_t e = 0; e < n; ++e) tmp[start[(keys[e] - low) >> shift]++] = keys[e];
   insertion_sort(tmp, n);
   std::copy(tmp, tmp + n, keys);
+}
+
+// An uninitialised output tensor. Outputs of a megabyte or more get their own 2 MiB-aligned
+// anonymous mapping with huge-page advice: the kernel writes all of this fresh memory, and
+// faulting it in 4 KiB pages costs ~0.5 ms per MB (more than the search at 4,000 atoms), 2 MiB
+// pages ~0.04 ms per MB. Advice only: where transparent huge pages are off it is 4 KiB pages as
+// with torch's allocator. The storage stays resizable (growing it moves it to torch's allocator).
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr size_t kHuge = size_t(1) << 21;
+  const size_t bytes = size_t(c10::multiply_integers(sizes)) * options.dtype().itemsize();
+  if (bytes >= kHuge / 2) {
+    const size_t length = (bytes + kHuge - 1) & ~(kHuge - 1);
+    void* raw = mmap(nullptr, length + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw != MAP_FAILED) {
+      const uintptr_t first = reinterpret_cast<uintptr_t>(raw), last = first + length + kHuge;
+      const uintptr_t begin = (first + kHuge - 1) & ~uintptr_t(kHuge - 1), end = begin + length;
+      if (begin > first) munmap(raw, begin - first);  // keep exactly the aligned part
+      if (last > end) munmap(reinterpret_cast<void*>(end), last - end);
+      void* data = reinterpret_cast<void*>(begin);
+      madvise(data, length, MADV_HUGEPAGE);
+      struct Mapping {
+        void* data;
+        size_t length;
+      };
+      c10::DataPtr owner(data, new Mapping{data, length}, [](void* context) {
+        const auto* mapping = static_cast<Mapping*>(context);
+        munmap(mapping->data, mapping->length);
+        delete mapping;
+      }, at::Device(at::kCPU));
+      c10::Storage storage(c10::Storage::use_byte_size_t(), bytes, std::move(owner), at::getCPUAllocator(),
+                           /*resizable=*/true);
+      return at::empty({0}, options).set_(storage, 0, sizes);
+    }
+  }
+#endif
+  return at::empty(sizes, options);
 }
 
 using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -358,86 +390,106 @@ Result run(const at::Tensor& positions, const int64_t* system_ptr, int64_t num_s
     candidates += n * std::max(1.0, std::min(n, n / double(g.total_bins()) * stencil));
   }
 
-  // Phase B1: count each receiver's neighbours; then ptr, and outputs of exactly that size.
+  // Phase B: one parallel region, so that each thread still owns the keys it found.
+  // B1 searches each receiver once and appends its kept candidates, as 64-bit keys (sender,
+  // image) sorted, to the thread's key scratch, which persists across calls (its pages stay
+  // faulted in); then ptr, and outputs of exactly the right size. B2 decodes each chunk's keys
+  // into its slice of the outputs: senders, shifts S = T - wrap[j] + wrap[i], and distances /
+  // vectors from the original positions (vector = r_j - r_i + S @ cell).
   const auto long_options = positions.options().dtype(at::kLong);
   at::Tensor ptr = at::empty({num_atoms + 1}, long_options);
   int64_t* out_ptr = ptr.data_ptr<int64_t>();
   out_ptr[0] = 0;
-#pragma omp parallel for schedule(dynamic, 1) if (candidates >= kParallelCandidates)
-  for (int64_t c = 0; c < num_chunks; ++c) {
-    const Grid& g = grids[chunks[c].system];
-    for (int64_t gi = chunks[c].begin; gi < chunks[c].end; ++gi)
-      out_ptr[gi + 1] = search_atom<false>(g, at, gi - g.begin, cutoff_sq, self_interaction, nullptr, 0);
-  }
-  for (int64_t i = 0; i < num_atoms; ++i) out_ptr[i + 1] += out_ptr[i];
-  const int64_t num_pairs = out_ptr[num_atoms];
-  at::Tensor senders = at::empty({num_pairs}, long_options);
-  at::Tensor receivers = at::empty({num_pairs}, long_options);
-  at::Tensor shifts = at::empty({num_pairs, 3}, long_options);
-  at::Tensor distances = at::empty({want_distances ? num_pairs : 0}, positions.options());
-  at::Tensor vectors = at::empty({want_vectors ? num_pairs : 0, 3}, positions.options());
-  int64_t* out_senders = senders.data_ptr<int64_t>();
-  int64_t* out_receivers = receivers.data_ptr<int64_t>();
-  int64_t* out_shifts = shifts.data_ptr<int64_t>();
-  scalar_t* out_distances = want_distances ? distances.data_ptr<scalar_t>() : nullptr;
-  scalar_t* out_vectors = want_vectors ? vectors.data_ptr<scalar_t>() : nullptr;
+  at::Tensor senders, receivers, shifts, distances, vectors;
+  struct ChunkKeys {
+    const std::vector<uint64_t>* scratch;  // the keys of the thread that searched the chunk
+    int64_t offset;
+  };
+  std::vector<ChunkKeys> chunk_keys(num_chunks);
   const int32_t* wrap = at.wrap.data();
-
-  // Phase B2: each receiver's sorted keys go straight into its slice of `senders` (same width),
-  // then are decoded in place into senders, shifts S = T - wrap[j] + wrap[i], and distances /
-  // vectors from the original positions (vector = r_j - r_i + S @ cell).
-  bool out_of_memory = false, mismatch = false;
-#pragma omp parallel if (num_pairs >= kParallelPairs)
+  bool out_of_memory = false;
+#pragma omp parallel if (candidates >= kParallelCandidates)
   {
-    std::vector<uint64_t> scratch;  // for sorting
+    thread_local std::vector<uint64_t> keys, sort_scratch;
+    int64_t used = 0;
 #pragma omp for schedule(dynamic, 1)
-  for (int64_t c = 0; c < num_chunks; ++c) {
-    const Grid& g = grids[chunks[c].system];
-    const int bits = g.image_bits, shift = 3 * g.image_bits;
-    const uint64_t mask = (uint64_t(1) << bits) - 1;
-    for (int64_t gi = chunks[c].begin; gi < chunks[c].end; ++gi) {
-      uint64_t* keys = reinterpret_cast<uint64_t*>(out_senders + out_ptr[gi]);
-      const int64_t capacity = out_ptr[gi + 1] - out_ptr[gi];
-      int64_t count = search_atom<true>(g, at, gi - g.begin, cutoff_sq, self_interaction, keys, capacity);
-      if (count != capacity) {
-#pragma omp critical(nffk_neighbor_list_failure)
-        mismatch = true;
-        count = 0;
-      }
+    for (int64_t c = 0; c < num_chunks; ++c) {
+      const Grid& g = grids[chunks[c].system];
+      chunk_keys[c] = {&keys, used};
       try {  // an exception (out of memory) must not leave an OpenMP region
-        sort_keys(keys, count, scratch);
+        for (int64_t gi = chunks[c].begin; gi < chunks[c].end; ++gi) {
+          int64_t count;
+          while ((count = search_atom(g, at, gi - g.begin, cutoff_sq, self_interaction, keys.data() + used,
+                                      int64_t(keys.size()) - used)) < 0)
+            keys.resize(std::max<size_t>(2 * keys.size(), 1 << 14));  // then search this atom again
+          sort_keys(keys.data() + used, count, sort_scratch);
+          out_ptr[gi + 1] = count;
+          used += count;
+        }
       } catch (...) {
 #pragma omp critical(nffk_neighbor_list_failure)
         out_of_memory = true;
       }
-      const int32_t* wi = wrap + 3 * gi;
-      const int64_t first = out_ptr[gi], last = first + count;
-      for (int64_t e = first; e < last; ++e) {
-        const uint64_t key = uint64_t(out_senders[e]);
-        const int64_t gj = g.begin + int64_t(key >> shift);
-        const int32_t* wj = wrap + 3 * gj;
-        out_senders[e] = gj;
-        out_receivers[e] = gi;
-        for (int k = 0; k < 3; ++k)
-          out_shifts[3 * e + k] = int64_t((key >> ((2 - k) * bits)) & mask) - g.image_bias - wj[k] + wi[k];
-      }
-      if (!want_distances && !want_vectors) continue;
-      // A separate loop over plain arrays, so that it vectorises (gathers, sqrt).
-      const double ri[3] = {double(pos[3 * gi]), double(pos[3 * gi + 1]), double(pos[3 * gi + 2])};
-      for (int64_t e = first; e < last; ++e) {
-        const int64_t gj = out_senders[e];
-        const double s0 = double(out_shifts[3 * e]), s1 = double(out_shifts[3 * e + 1]), s2 = double(out_shifts[3 * e + 2]);
-        double v[3];
-        for (int d = 0; d < 3; ++d) v[d] = (double(pos[3 * gj + d]) - ri[d]) + (s0 * g.h[d] + s1 * g.h[3 + d] + s2 * g.h[6 + d]);
-        if (want_distances) out_distances[e] = scalar_t(std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]));
-        if (want_vectors)
-          for (int d = 0; d < 3; ++d) out_vectors[3 * e + d] = scalar_t(v[d]);
+    }
+#pragma omp single
+    {
+      for (int64_t i = 0; i < num_atoms; ++i) out_ptr[i + 1] += out_ptr[i];
+      const int64_t num_pairs = out_ptr[num_atoms];
+      try {
+        senders = empty_output({num_pairs}, long_options);
+        receivers = empty_output({num_pairs}, long_options);
+        shifts = empty_output({num_pairs, 3}, long_options);
+        distances = empty_output({want_distances ? num_pairs : 0}, positions.options());
+        vectors = empty_output({want_vectors ? num_pairs : 0, 3}, positions.options());
+      } catch (...) {
+        out_of_memory = true;
       }
     }
+    if (!out_of_memory) {
+      int64_t* out_senders = senders.data_ptr<int64_t>();
+      int64_t* out_receivers = receivers.data_ptr<int64_t>();
+      int64_t* out_shifts = shifts.data_ptr<int64_t>();
+      scalar_t* out_distances = want_distances ? distances.data_ptr<scalar_t>() : nullptr;
+      scalar_t* out_vectors = want_vectors ? vectors.data_ptr<scalar_t>() : nullptr;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t c = 0; c < num_chunks; ++c) {
+        const Grid& g = grids[chunks[c].system];
+        const int bits = g.image_bits, shift = 3 * g.image_bits;
+        const uint64_t mask = (uint64_t(1) << bits) - 1;
+        const uint64_t* key = chunk_keys[c].scratch->data() + chunk_keys[c].offset;
+        for (int64_t gi = chunks[c].begin; gi < chunks[c].end; ++gi) {
+          const int32_t* wi = wrap + 3 * gi;
+          const int64_t first = out_ptr[gi], last = out_ptr[gi + 1];
+          for (int64_t e = first; e < last; ++e, ++key) {
+            const int64_t gj = g.begin + int64_t(*key >> shift);
+            const int32_t* wj = wrap + 3 * gj;
+            out_senders[e] = gj;
+            out_receivers[e] = gi;
+            for (int k = 0; k < 3; ++k)
+              out_shifts[3 * e + k] = int64_t((*key >> ((2 - k) * bits)) & mask) - g.image_bias - wj[k] + wi[k];
+          }
+          if (!want_distances && !want_vectors) continue;
+          // A separate loop over plain arrays, so that it vectorises (gathers, sqrt).
+          const double ri[3] = {double(pos[3 * gi]), double(pos[3 * gi + 1]), double(pos[3 * gi + 2])};
+          for (int64_t e = first; e < last; ++e) {
+            const int64_t gj = out_senders[e];
+            const double s0 = double(out_shifts[3 * e]), s1 = double(out_shifts[3 * e + 1]),
+                         s2 = double(out_shifts[3 * e + 2]);
+            double v[3];
+            for (int d = 0; d < 3; ++d)
+              v[d] = (double(pos[3 * gj + d]) - ri[d]) + (s0 * g.h[d] + s1 * g.h[3 + d] + s2 * g.h[6 + d]);
+            if (want_distances) out_distances[e] = scalar_t(std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]));
+            if (want_vectors)
+              for (int d = 0; d < 3; ++d) out_vectors[3 * e + d] = scalar_t(v[d]);
+          }
+        }
+      }
+    }
+    // After the loop's barrier nobody reads the keys any more: give back what an unusually
+    // large request made the scratch grow to.
+    if (keys.size() > kKeepScratchKeys) std::vector<uint64_t>().swap(keys);
   }
-  }
-  TORCH_CHECK(!out_of_memory, "neighbor_list: out of memory while sorting neighbours");
-  TORCH_CHECK(!mismatch, "neighbor_list: internal error: the two passes found different pairs (please report)");
+  TORCH_CHECK(!out_of_memory, "neighbor_list: out of memory");
   return {senders, receivers, shifts, ptr, distances, vectors};
 }
 

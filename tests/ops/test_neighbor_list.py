@@ -1,6 +1,7 @@
 """Neighbour lists: the reference against ase (pair SETS), the C++ kernel against the reference
 (identical sorted output), sortedness/CSR, edge-vector gradients, bad input, the memory guard."""
 import importlib
+import io
 
 import numpy as np
 import pytest
@@ -235,6 +236,29 @@ def test_cpu_large_random_system_matches_ase(seeded):
     result = neighbor_list(positions, 4.0, cell, [True, False, True], backend="cpu")
     assert pair_set(result) == ase_pairs(positions, 4.0, cell, [True, False, True])
     check_sorted_csr(result, 2500)
+
+
+@needs_ext
+def test_cpu_large_outputs_are_ordinary_tensors(seeded):
+    """Outputs of a megabyte or more live in their own huge-page mappings: same pairs and
+    distances as ase, and they behave like any tensor (outlive each other, grow, pickle)."""
+    cell = 16.0 * torch.eye(3, dtype=torch.float64)
+    positions = torch.rand(2000, 3, generator=seeded, dtype=torch.float64) * 16.0
+    result = neighbor_list(positions, 4.0, cell, backend="cpu", return_distances=True, return_vectors=True)
+    assert result.shifts.numel() * 8 >= 2**20, "too few pairs to reach the mapped-output path"
+    assert pair_set(result) == ase_pairs(positions, 4.0, cell, [True] * 3)
+    check_sorted_csr(result, 2000)
+    vectors = edge_vectors(positions, result.senders, result.receivers, result.shifts, cell)
+    torch.testing.assert_close(result.vectors, vectors)
+    torch.testing.assert_close(result.distances, vectors.norm(dim=-1))
+    senders, expected = result.senders, result.senders.clone()
+    del result  # the other outputs' mappings go; senders' stays
+    buffer = io.BytesIO()
+    torch.save(senders, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer), expected)
+    senders.resize_(3 * senders.numel())  # grows into torch's own allocator
+    assert torch.equal(senders[:expected.numel()], expected)
 
 
 @needs_ext
