@@ -458,26 +458,23 @@ Result run(const at::Tensor& positions, const int64_t* system_ptr, int64_t num_s
         const uint64_t mask = (uint64_t(1) << bits) - 1;
         const uint64_t* key = chunk_keys[c].scratch->data() + chunk_keys[c].offset;
         for (int64_t gi = chunks[c].begin; gi < chunks[c].end; ++gi) {
-          const int32_t* wi = wrap + 3 * gi;
+          const int64_t wi[3] = {wrap[3 * gi] - g.image_bias, wrap[3 * gi + 1] - g.image_bias,
+                                 wrap[3 * gi + 2] - g.image_bias};
+          const double ri[3] = {double(pos[3 * gi]), double(pos[3 * gi + 1]), double(pos[3 * gi + 2])};
           const int64_t first = out_ptr[gi], last = out_ptr[gi + 1];
           for (int64_t e = first; e < last; ++e, ++key) {
             const int64_t gj = g.begin + int64_t(*key >> shift);
             const int32_t* wj = wrap + 3 * gj;
+            int64_t s[3];
+            for (int k = 0; k < 3; ++k) s[k] = int64_t((*key >> ((2 - k) * bits)) & mask) + wi[k] - wj[k];
             out_senders[e] = gj;
             out_receivers[e] = gi;
-            for (int k = 0; k < 3; ++k)
-              out_shifts[3 * e + k] = int64_t((*key >> ((2 - k) * bits)) & mask) - g.image_bias - wj[k] + wi[k];
-          }
-          if (!want_distances && !want_vectors) continue;
-          // A separate loop over plain arrays, so that it vectorises (gathers, sqrt).
-          const double ri[3] = {double(pos[3 * gi]), double(pos[3 * gi + 1]), double(pos[3 * gi + 2])};
-          for (int64_t e = first; e < last; ++e) {
-            const int64_t gj = out_senders[e];
-            const double s0 = double(out_shifts[3 * e]), s1 = double(out_shifts[3 * e + 1]),
-                         s2 = double(out_shifts[3 * e + 2]);
+            for (int k = 0; k < 3; ++k) out_shifts[3 * e + k] = s[k];
+            if (!want_distances && !want_vectors) continue;
             double v[3];
             for (int d = 0; d < 3; ++d)
-              v[d] = (double(pos[3 * gj + d]) - ri[d]) + (s0 * g.h[d] + s1 * g.h[3 + d] + s2 * g.h[6 + d]);
+              v[d] = (double(pos[3 * gj + d]) - ri[d]) +
+                     (double(s[0]) * g.h[d] + double(s[1]) * g.h[3 + d] + double(s[2]) * g.h[6 + d]);
             if (want_distances) out_distances[e] = scalar_t(std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]));
             if (want_vectors)
               for (int d = 0; d < 3; ++d) out_vectors[3 * e + d] = scalar_t(v[d]);
