@@ -351,8 +351,16 @@ def neighbor_list(positions: torch.Tensor, cutoff: float, cell: Optional[torch.T
     if not (isinstance(max_pairs, (int, float)) and max_pairs >= 0):
         raise ValueError(f"max_pairs must be a number >= 0, got {max_pairs!r}")
     chosen = backends.resolve("neighbor_list", backend, systems.positions.device, IMPLEMENTED)
-    eff = binning_cells(systems.cell, systems.pbc)
-    estimate = estimate_pairs(systems.positions, systems.cutoff, eff, systems.pbc, systems.ptr, systems.batch)
+    num_atoms, num_systems = systems.positions.shape[0], systems.cell.shape[0]
+    if cell is None:  # open boundaries throughout: identity bins, and at most num_atoms**2 pairs
+        eff = torch.eye(3, dtype=torch.float64, device=systems.positions.device).expand(num_systems, 3, 3).contiguous()
+        bound = float(num_atoms) ** 2
+    else:
+        eff = binning_cells(systems.cell, systems.pbc)
+        bound = math.inf
+    # The estimate costs ~15 small torch ops: only worth it when the free bound is not enough.
+    estimate = 0.0 if bound <= max_pairs else estimate_pairs(systems.positions, systems.cutoff, eff, systems.pbc,
+                                                             systems.ptr, systems.batch)
     if estimate > max_pairs:
         raise ValueError(f"neighbor_list: this request would produce about {estimate:.3g} pairs "
                          f"(more than max_pairs={max_pairs:.3g}; ~{48 * estimate / 2**30:.3g} GiB); lower the "
@@ -368,7 +376,6 @@ def neighbor_list(positions: torch.Tensor, cutoff: float, cell: Optional[torch.T
                             vectors if return_vectors else None)
 
     senders, receivers, shifts = neighbor_list_reference(systems, self_interaction)
-    num_atoms = systems.positions.shape[0]
     ptr = torch.zeros(num_atoms + 1, dtype=torch.int64, device=receivers.device)
     torch.cumsum(torch.bincount(receivers, minlength=num_atoms), 0, out=ptr[1:])
     distances = vectors = None

@@ -398,6 +398,11 @@ def test_memory_guard_fails_early_with_estimate(backend):
     assert 0.5 < estimate / small.senders.numel() < 2.0
     with pytest.raises(ValueError, match="max_pairs=10"):
         neighbor_list(positions[:150], 3.0, cell, backend=backend, max_pairs=10)
+    # Open boundaries: the estimate is skipped while num_atoms**2 (a true bound) fits.
+    with pytest.raises(ValueError, match="max_pairs=10"):
+        neighbor_list(positions[:150], 3.0, backend=backend, max_pairs=10)
+    everything = neighbor_list(positions[:150], 1000.0, backend=backend, max_pairs=150**2)
+    assert everything.senders.numel() == 150 * 149
 
 
 @needs_ext
