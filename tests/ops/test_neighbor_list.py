@@ -240,11 +240,16 @@ def test_cpu_large_random_system_matches_ase(seeded):
 
 @needs_ext
 def test_cpu_large_outputs_are_ordinary_tensors(seeded):
-    """Outputs of a megabyte or more live in their own huge-page mappings: same pairs and
-    distances as ase, and they behave like any tensor (outlive each other, grow, pickle)."""
+    """Outputs of a megabyte or more live in their own huge-page mappings, reused by the next
+    call once freed: same pairs and distances as ase even when the reused memory is poisoned,
+    and they behave like any tensor (outlive each other, grow, pickle)."""
     cell = 16.0 * torch.eye(3, dtype=torch.float64)
     positions = torch.rand(2000, 3, generator=seeded, dtype=torch.float64) * 16.0
-    result = neighbor_list(positions, 4.0, cell, backend="cpu", return_distances=True, return_vectors=True)
+    kwargs = dict(backend="cpu", return_distances=True, return_vectors=True)
+    for tensor in neighbor_list(positions, 4.0, cell, **kwargs):  # freed right away: kept for reuse
+        tensor.fill_(-7)
+    del tensor
+    result = neighbor_list(positions, 4.0, cell, **kwargs)
     assert result.shifts.numel() * 8 >= 2**20, "too few pairs to reach the mapped-output path"
     assert pair_set(result) == ase_pairs(positions, 4.0, cell, [True] * 3)
     check_sorted_csr(result, 2000)
