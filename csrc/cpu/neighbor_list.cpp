@@ -38,8 +38,8 @@ constexpr double kBinMargin = 1e-9;   // bins are this much (relative) thicker t
 // than it saves (and far more on a machine shared with other jobs).
 constexpr int64_t kParallelBinning = 32768;        // atoms (binning: ~30 ns per atom)
 constexpr double kParallelCandidates = 1 << 20;    // candidate pairs (searching: ~2-5 ns each)
-// Keys (8 bytes per pair) a thread keeps in its scratch between calls: 64 MB.
-constexpr size_t kKeepScratchKeys = size_t(1) << 23;
+// Keys (8 bytes per pair) a thread keeps in its scratch between calls: 16 MB (2M pairs).
+constexpr size_t kKeepScratchKeys = size_t(1) << 21;
 
 // The cell list of one system. Its arrays live in flat buffers shared by all systems (one
 // allocation each, whatever the number of systems); the grid holds offsets into them.
