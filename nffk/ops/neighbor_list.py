@@ -225,27 +225,33 @@ def estimate_pairs(positions, cutoff, eff, pbc, ptr, batch) -> float:
     if num_systems == 0 or positions.shape[0] == 0:
         return 0.0
     counts = (ptr[1:] - ptr[:-1]).double()
-    periodic = bool(pbc.any())
+    periodic_axes = int(pbc.sum())
+    periodic = periodic_axes > 0
     # Coordinates along each row's dual direction; open rows are orthonormal, so these are in A.
     if not periodic:
         along = positions  # eff is the identity
+    elif periodic_axes == 3 * num_systems:
+        along = None  # fully periodic: the cells alone give the volumes
     elif batch is None:
         along = positions.double() @ eff[0].transpose(0, 1)
     else:
         along = torch.einsum("nc,nkc->nk", positions.double(), eff[batch])
-    if batch is None:
-        extent = (along.amax(0) - along.amin(0)).double()[None]
+    if along is None:
+        extent = None
+    elif batch is None:
+        extent = (along.amax(0) - along.amin(0)).double()[None].clamp(min=cutoff)
     else:
         index3 = batch[:, None].expand(-1, 3)
         high = along.new_full((num_systems, 3), -math.inf).scatter_reduce(0, index3, along, "amax")
         low = along.new_full((num_systems, 3), math.inf).scatter_reduce(0, index3, along, "amin")
-        extent = (high - low).double().nan_to_num(0.0)  # empty systems: -inf
-    extent = extent.clamp(min=cutoff)
+        extent = (high - low).double().nan_to_num(0.0).clamp(min=cutoff)  # empty systems: -inf
     sphere = 4.0 / 3.0 * math.pi * min(cutoff, 1e100) ** 3  # no float overflow for absurd cutoffs
     if not periodic:
         per_atom = torch.minimum(counts / extent.prod(-1) * sphere + 1, counts)
         return float((counts * per_atom).sum())
-    volume = torch.linalg.det(eff).abs() * torch.where(pbc, 1.0, extent).prod(-1)
+    volume = torch.linalg.det(eff).abs()
+    if extent is not None:
+        volume = volume * torch.where(pbc, 1.0, extent).prod(-1)
     spacing = 1.0 / torch.linalg.inv(eff).norm(dim=-2)  # distance between opposite cell faces
     own_images = torch.where(pbc, 2 * torch.floor(cutoff / spacing) + 1, 1.0).prod(-1)
     per_atom = counts / volume * sphere + own_images
