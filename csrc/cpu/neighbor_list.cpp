@@ -487,7 +487,7 @@ Result run(const at::Tensor& positions, const int64_t* system_ptr, int64_t num_s
       }
     }
 #pragma omp single
-    {
+    if (!out_of_memory) {  // else some counts were never written
       for (int64_t i = 0; i < num_atoms; ++i) out_ptr[i + 1] += out_ptr[i];
       const int64_t num_pairs = out_ptr[num_atoms];
       try {
