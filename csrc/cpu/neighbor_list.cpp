@@ -24,6 +24,11 @@
 #include <sys/mman.h>
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define NFFK_NL_AVX512 1
+#endif
+
 #include "nffk/neighbor_list.h"
 #include "ops.h"
 
@@ -178,7 +183,6 @@ void fill_grid(const Grid& g, Atoms& at) {
 // beyond it). Slot positions are separate x, y, z arrays so that the distance loop vectorises.
 int64_t search_atom(const Grid& g, const Atoms& at, int64_t a, double cutoff_sq, bool self_interaction,
                     uint64_t* out, int64_t capacity) {
-  constexpr int64_t kBlock = 64;
   const int64_t gi = g.begin + a;
   const double* ri = at.wrapped.data() + 3 * gi;
   const double* xs = at.slot_x.data() + g.begin;
@@ -218,6 +222,31 @@ int64_t search_atom(const Grid& g, const Atoms& at, int64_t a, double cutoff_sq,
                                b[2] <= c2 + run;
         const uint64_t image = (uint64_t(t0 + g.image_bias) << (2 * bits)) | (uint64_t(t1 + g.image_bias) << bits) |
                                uint64_t(t2 + g.image_bias);
+#if NFFK_NL_AVX512
+        // Eight candidates at a time: the compare gives the kept lanes as a mask, and their keys
+        // are packed to the front of a register (a compress to memory is slow on some CPUs) and
+        // stored whole; the lanes past the kept ones are overwritten by the next store.
+        const __m512d dx = _mm512_set1_pd(delta[0]), dy = _mm512_set1_pd(delta[1]), dz = _mm512_set1_pd(delta[2]);
+        const __m512d limit = _mm512_set1_pd(cutoff_sq);
+        const __m512i image_lanes = _mm512_set1_epi64(int64_t(image));
+        const __m512i self_lanes = _mm512_set1_epi64(skip_self ? a : -1);
+        for (int64_t p = begin; p < end; p += 8) {
+          const __mmask8 live = end - p >= 8 ? __mmask8(0xff) : __mmask8((1u << (end - p)) - 1);
+          const __m512d x = _mm512_add_pd(_mm512_maskz_loadu_pd(live, xs + p), dx);
+          const __m512d y = _mm512_add_pd(_mm512_maskz_loadu_pd(live, ys + p), dy);
+          const __m512d z = _mm512_add_pd(_mm512_maskz_loadu_pd(live, zs + p), dz);
+          const __m512d d2 = _mm512_fmadd_pd(x, x, _mm512_fmadd_pd(y, y, _mm512_mul_pd(z, z)));
+          const __m512i j = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(live, atoms + p));
+          const __mmask8 kept = _mm512_mask_cmp_pd_mask(live, d2, limit, _CMP_LT_OQ) &
+                                ~_mm512_cmpeq_epi64_mask(j, self_lanes);
+          if (!kept) continue;
+          if (found + 8 > capacity) return -1;
+          const __m512i keys = _mm512_or_si512(_mm512_slli_epi64(j, unsigned(shift)), image_lanes);
+          _mm512_storeu_si512(out + found, _mm512_maskz_compress_epi64(kept, keys));
+          found += __builtin_popcount(kept);
+        }
+#else
+        constexpr int64_t kBlock = 64;
         for (int64_t p0 = begin; p0 < end; p0 += kBlock) {
           const int64_t len = std::min(kBlock, end - p0);
           uint64_t kept = 0;  // bit q: candidate p0 + q is within the cutoff
@@ -232,6 +261,7 @@ int64_t search_atom(const Grid& g, const Atoms& at, int64_t a, double cutoff_sq,
             out[found++] = (uint64_t(j) << shift) | image;
           }
         }
+#endif
       }
     }
   }
