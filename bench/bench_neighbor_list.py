@@ -3,9 +3,10 @@
     python bench/bench_neighbor_list.py [--repeats 15] [--threads 1 2] [--configs cu4000 molecules256]
 
 Every contender computes the full list (i, j, S, d) from its native input (torch tensors for
-nffk, numpy arrays for the others). Contenders run interleaved, once per round after a warm-up,
-and the median wall time is reported. For the batch of molecules the peers are called once per
-system and their results concatenated with index offsets (what a user must do to get a batch).
+nffk, numpy arrays for the others). Contenders run interleaved, once per round in a random
+(seeded) order after a warm-up, and the median wall time is reported. For the batch of
+molecules the peers are called once per system and their results concatenated with index
+offsets (what a user must do to get a batch).
 `floor ms` is the time to write the output bytes at the copy bandwidth measured in this
 process (48 bytes per pair: two int64 indices, three int64 shifts, one float64 distance).
 Reusable: `run(...)` returns one dict per (config, threads).
@@ -21,6 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # only effective if torch i
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import random  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -146,12 +148,16 @@ def run(configs=("cu4000", "cu16384", "molecules256"), repeats=15, warmup=2, thr
                 result = calls["nffk"]()
                 pairs = int(result.senders.numel())
                 times = {k: [] for k in calls}
+                shuffler = random.Random(0)
                 for _ in range(warmup):
                     for call in calls.values():
                         call()
                 for r in range(repeats):
+                    # A fresh random order each round: whoever runs right after a contender pays
+                    # for its leftovers (after ase, the next sizeable malloc spends ~3 ms in glibc's
+                    # malloc_consolidate), and a fixed rotation put nffk after ase in 3 of 4 rounds.
                     order = list(calls)
-                    order = order[r % len(order):] + order[:r % len(order)]  # rotate who goes first
+                    shuffler.shuffle(order)
                     for key in order:
                         # Slow peers (ase on big systems) stop after 3 samples.
                         if len(times[key]) >= 3 and np.median(times[key]) > max_seconds_per_call:

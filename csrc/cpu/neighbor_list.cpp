@@ -5,19 +5,29 @@
 // normal. Phase B (per receiver i): visit every bin within reach, each together with the
 // integer image T it is seen through (a bin is visited once per distinct image, so a cell
 // thinner than the cutoff gives many images); consecutive bins of a row with the same image
-// are one contiguous range of atoms. B1 only counts the candidates closer than the cutoff,
-// which gives the CSR pointer and outputs of exactly the right size; B2 repeats the same tests,
-// writes the kept ones as 64-bit keys (sender, image) straight into the receiver's slice of the
-// output, sorts them and decodes them in place into senders, shifts S = T - wrap[j] + wrap[i]
-// and distances/vectors from the original positions. Every receiver owns its slice of the
-// output, so the result does not depend on the number of threads.
+// are one contiguous range of atoms. B1 keeps the candidates closer than the cutoff as 64-bit
+// keys (sender, image), sorted per receiver, in a per-thread scratch; their counts give the CSR
+// pointer and outputs of exactly the right size. B2 decodes the keys into senders, shifts
+// S = T - wrap[j] + wrap[i] and distances/vectors from the original positions. Every receiver's
+// pairs depend on it alone and land in its own slice of the output, so the result does not
+// depend on the number of threads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define NFFK_NL_AVX512 1
+#endif
 
 #include "nffk/neighbor_list.h"
 #include "ops.h"
@@ -32,8 +42,9 @@ constexpr double kBinMargin = 1e-9;   // bins are this much (relative) thicker t
 // Below about a millisecond of work a phase runs on one thread: waking the others costs more
 // than it saves (and far more on a machine shared with other jobs).
 constexpr int64_t kParallelBinning = 32768;        // atoms (binning: ~30 ns per atom)
-constexpr double kParallelCandidates = 1 << 20;    // candidate pairs (counting: ~1 ns each)
-constexpr int64_t kParallelPairs = 100000;         // pairs (filling: ~10-25 ns each)
+constexpr double kParallelCandidates = 1 << 20;    // candidate pairs (searching: ~2-5 ns each)
+// Keys (8 bytes per pair) a thread keeps in its scratch between calls: 16 MB (2M pairs).
+constexpr size_t kKeepScratchKeys = size_t(1) << 21;
 
 // The cell list of one system. Its arrays live in flat buffers shared by all systems (one
 // allocation each, whatever the number of systems); the grid holds offsets into them.
@@ -167,15 +178,11 @@ void fill_grid(const Grid& g, Atoms& at) {
   }
 }
 
-// Phase B for receiver `a` (index within its system): the number of its neighbours, and with
-// kWrite their keys (unsorted) in out[0:count], never beyond out[capacity - 1]. Both passes
-// visit and test candidates identically, so the first pass counts exactly what the second
-// writes (-1 if it would write more: a bug, reported rather than written out of bounds). Slot positions are separate x, y,
-// z arrays so that the distance loop vectorises.
-template <bool kWrite>
+// Phase B1 for receiver `a` (index within its system): writes its neighbours' keys (unsorted)
+// to out[0:count] and returns count, or -1 if they do not fit in `capacity` (nothing is written
+// beyond it). Slot positions are separate x, y, z arrays so that the distance loop vectorises.
 int64_t search_atom(const Grid& g, const Atoms& at, int64_t a, double cutoff_sq, bool self_interaction,
                     uint64_t* out, int64_t capacity) {
-  constexpr int64_t kBlock = 64;
   const int64_t gi = g.begin + a;
   const double* ri = at.wrapped.data() + 3 * gi;
   const double* xs = at.slot_x.data() + g.begin;
@@ -215,6 +222,31 @@ int64_t search_atom(const Grid& g, const Atoms& at, int64_t a, double cutoff_sq,
                                b[2] <= c2 + run;
         const uint64_t image = (uint64_t(t0 + g.image_bias) << (2 * bits)) | (uint64_t(t1 + g.image_bias) << bits) |
                                uint64_t(t2 + g.image_bias);
+#if NFFK_NL_AVX512
+        // Eight candidates at a time: the compare gives the kept lanes as a mask, and their keys
+        // are packed to the front of a register (a compress to memory is slow on some CPUs) and
+        // stored whole; the lanes past the kept ones are overwritten by the next store.
+        const __m512d dx = _mm512_set1_pd(delta[0]), dy = _mm512_set1_pd(delta[1]), dz = _mm512_set1_pd(delta[2]);
+        const __m512d limit = _mm512_set1_pd(cutoff_sq);
+        const __m512i image_lanes = _mm512_set1_epi64(int64_t(image));
+        const __m512i self_lanes = _mm512_set1_epi64(skip_self ? a : -1);
+        for (int64_t p = begin; p < end; p += 8) {
+          const __mmask8 live = end - p >= 8 ? __mmask8(0xff) : __mmask8((1u << (end - p)) - 1);
+          const __m512d x = _mm512_add_pd(_mm512_maskz_loadu_pd(live, xs + p), dx);
+          const __m512d y = _mm512_add_pd(_mm512_maskz_loadu_pd(live, ys + p), dy);
+          const __m512d z = _mm512_add_pd(_mm512_maskz_loadu_pd(live, zs + p), dz);
+          const __m512d d2 = _mm512_fmadd_pd(x, x, _mm512_fmadd_pd(y, y, _mm512_mul_pd(z, z)));
+          const __m512i j = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(live, atoms + p));
+          const __mmask8 kept = _mm512_mask_cmp_pd_mask(live, d2, limit, _CMP_LT_OQ) &
+                                ~_mm512_cmpeq_epi64_mask(j, self_lanes);
+          if (!kept) continue;
+          if (found + 8 > capacity) return -1;
+          const __m512i keys = _mm512_or_si512(_mm512_slli_epi64(j, unsigned(shift)), image_lanes);
+          _mm512_storeu_si512(out + found, _mm512_maskz_compress_epi64(kept, keys));
+          found += __builtin_popcount(kept);
+        }
+#else
+        constexpr int64_t kBlock = 64;
         for (int64_t p0 = begin; p0 < end; p0 += kBlock) {
           const int64_t len = std::min(kBlock, end - p0);
           uint64_t kept = 0;  // bit q: candidate p0 + q is within the cutoff
@@ -222,20 +254,14 @@ int64_t search_atom(const Grid& g, const Atoms& at, int64_t a, double cutoff_sq,
             const double x = xs[p0 + q] + delta[0], y = ys[p0 + q] + delta[1], z = zs[p0 + q] + delta[2];
             kept |= uint64_t(x * x + y * y + z * z < cutoff_sq) << q;
           }
-          if (!kWrite && !skip_self) {
-            found += __builtin_popcountll(kept);
-            continue;
-          }
           for (; kept; kept &= kept - 1) {  // visit only the kept ones
             const int32_t j = atoms[p0 + __builtin_ctzll(kept)];
             if (skip_self && j == a) continue;
-            if (kWrite) {
-              if (found == capacity) return -1;  // cannot happen: both passes test alike
-              out[found] = (uint64_t(j) << shift) | image;
-            }
-            ++found;
+            if (found == capacity) return -1;
+            out[found++] = (uint64_t(j) << shift) | image;
           }
         }
+#endif
       }
     }
   }
@@ -277,6 +303,97 @@ void sort_keys(uint64_t* keys, int64_t n, std::vector<uint64_t>& scratch) {
   for (int64_t e = 0; e < n; ++e) tmp[start[(keys[e] - low) >> shift]++] = keys[e];
   insertion_sort(tmp, n);
   std::copy(tmp, tmp + n, keys);
+}
+
+// Outputs of a megabyte or more live in their own 2 MiB-aligned anonymous mappings with
+// huge-page advice: the kernel writes all of this fresh memory, and faulting it in 4 KiB pages
+// costs ~0.5 ms per MB (more than the search at 4,000 atoms), 2 MiB pages ~0.04 ms per MB (the
+// kernel zeroing them). A freed output's mapping is kept for the next call (a few, 64 MB at most
+// in all), which then pays neither. Huge pages are advice only: where they are off it is 4 KiB
+// pages as with torch's allocator.
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+#define NFFK_NL_MAPPED_OUTPUTS 1
+constexpr size_t kHugePage = size_t(1) << 21;
+
+struct Mapping {
+  void* data = nullptr;
+  size_t length = 0;
+};
+
+class MappingPool {
+ public:
+  // Never destroyed: outputs may be freed during exit, after static destructors ran.
+  static MappingPool& instance() {
+    static auto* pool = new MappingPool;
+    return *pool;
+  }
+
+  // A kept mapping of [length, 2 length) bytes, else a fresh one; {nullptr, 0} if mmap fails.
+  Mapping take(size_t length) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (size_t k = kept_.size(); k-- > 0;)  // newest first
+        if (kept_[k].length >= length && kept_[k].length < 2 * length) {
+          const Mapping found = kept_[k];
+          kept_.erase(kept_.begin() + k);
+          kept_bytes_ -= found.length;
+          return found;
+        }
+    }
+    void* raw = mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return {};
+    const uintptr_t first = reinterpret_cast<uintptr_t>(raw), last = first + length + kHugePage;
+    const uintptr_t begin = (first + kHugePage - 1) & ~uintptr_t(kHugePage - 1), end = begin + length;
+    if (begin > first) munmap(raw, begin - first);  // keep exactly the aligned part
+    if (last > end) munmap(reinterpret_cast<void*>(end), last - end);
+    madvise(reinterpret_cast<void*>(begin), length, MADV_HUGEPAGE);
+    return {reinterpret_cast<void*>(begin), length};
+  }
+
+  // Keeps a freed mapping, unmapping the oldest ones beyond the limits.
+  void give(Mapping mapping) {
+    std::vector<Mapping> unmap;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      kept_.push_back(mapping);
+      kept_bytes_ += mapping.length;
+      while (kept_bytes_ > kKeptBytes || kept_.size() > kKeptMappings) {
+        unmap.push_back(kept_.front());
+        kept_bytes_ -= kept_.front().length;
+        kept_.erase(kept_.begin());
+      }
+    }
+    for (const Mapping& m : unmap) munmap(m.data, m.length);
+  }
+
+ private:
+  static constexpr size_t kKeptBytes = size_t(64) << 20, kKeptMappings = 10;
+  std::mutex mutex_;
+  std::vector<Mapping> kept_;
+  size_t kept_bytes_ = 0;
+};
+#endif
+
+// An uninitialised output tensor (mapped as above when large). Its storage stays resizable:
+// growing it moves it to torch's allocator.
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+#if NFFK_NL_MAPPED_OUTPUTS
+  const size_t bytes = size_t(c10::multiply_integers(sizes)) * options.dtype().itemsize();
+  if (bytes >= kHugePage / 2) {
+    const Mapping mapping = MappingPool::instance().take((bytes + kHugePage - 1) & ~(kHugePage - 1));
+    if (mapping.data != nullptr) {
+      c10::DataPtr owner(mapping.data, new Mapping(mapping), [](void* context) {
+        const auto* m = static_cast<Mapping*>(context);
+        MappingPool::instance().give(*m);
+        delete m;
+      }, at::Device(at::kCPU));
+      c10::Storage storage(c10::Storage::use_byte_size_t(), bytes, std::move(owner), at::getCPUAllocator(),
+                           /*resizable=*/true);
+      return at::empty({0}, options).set_(storage, 0, sizes);
+    }
+  }
+#endif
+  return at::empty(sizes, options);
 }
 
 using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -358,86 +475,103 @@ Result run(const at::Tensor& positions, const int64_t* system_ptr, int64_t num_s
     candidates += n * std::max(1.0, std::min(n, n / double(g.total_bins()) * stencil));
   }
 
-  // Phase B1: count each receiver's neighbours; then ptr, and outputs of exactly that size.
+  // Phase B: one parallel region, so that each thread still owns the keys it found.
+  // B1 searches each receiver once and appends its kept candidates, as 64-bit keys (sender,
+  // image) sorted, to the thread's key scratch, which persists across calls (its pages stay
+  // faulted in); then ptr, and outputs of exactly the right size. B2 decodes each chunk's keys
+  // into its slice of the outputs: senders, shifts S = T - wrap[j] + wrap[i], and distances /
+  // vectors from the original positions (vector = r_j - r_i + S @ cell).
   const auto long_options = positions.options().dtype(at::kLong);
   at::Tensor ptr = at::empty({num_atoms + 1}, long_options);
   int64_t* out_ptr = ptr.data_ptr<int64_t>();
   out_ptr[0] = 0;
-#pragma omp parallel for schedule(dynamic, 1) if (candidates >= kParallelCandidates)
-  for (int64_t c = 0; c < num_chunks; ++c) {
-    const Grid& g = grids[chunks[c].system];
-    for (int64_t gi = chunks[c].begin; gi < chunks[c].end; ++gi)
-      out_ptr[gi + 1] = search_atom<false>(g, at, gi - g.begin, cutoff_sq, self_interaction, nullptr, 0);
-  }
-  for (int64_t i = 0; i < num_atoms; ++i) out_ptr[i + 1] += out_ptr[i];
-  const int64_t num_pairs = out_ptr[num_atoms];
-  at::Tensor senders = at::empty({num_pairs}, long_options);
-  at::Tensor receivers = at::empty({num_pairs}, long_options);
-  at::Tensor shifts = at::empty({num_pairs, 3}, long_options);
-  at::Tensor distances = at::empty({want_distances ? num_pairs : 0}, positions.options());
-  at::Tensor vectors = at::empty({want_vectors ? num_pairs : 0, 3}, positions.options());
-  int64_t* out_senders = senders.data_ptr<int64_t>();
-  int64_t* out_receivers = receivers.data_ptr<int64_t>();
-  int64_t* out_shifts = shifts.data_ptr<int64_t>();
-  scalar_t* out_distances = want_distances ? distances.data_ptr<scalar_t>() : nullptr;
-  scalar_t* out_vectors = want_vectors ? vectors.data_ptr<scalar_t>() : nullptr;
+  at::Tensor senders, receivers, shifts, distances, vectors;
+  struct ChunkKeys {
+    const std::vector<uint64_t>* scratch;  // the keys of the thread that searched the chunk
+    int64_t offset;
+  };
+  std::vector<ChunkKeys> chunk_keys(num_chunks);
   const int32_t* wrap = at.wrap.data();
-
-  // Phase B2: each receiver's sorted keys go straight into its slice of `senders` (same width),
-  // then are decoded in place into senders, shifts S = T - wrap[j] + wrap[i], and distances /
-  // vectors from the original positions (vector = r_j - r_i + S @ cell).
-  bool out_of_memory = false, mismatch = false;
-#pragma omp parallel if (num_pairs >= kParallelPairs)
+  bool out_of_memory = false;
+#pragma omp parallel if (candidates >= kParallelCandidates)
   {
-    std::vector<uint64_t> scratch;  // for sorting
+    thread_local std::vector<uint64_t> keys, sort_scratch;
+    int64_t used = 0;
 #pragma omp for schedule(dynamic, 1)
-  for (int64_t c = 0; c < num_chunks; ++c) {
-    const Grid& g = grids[chunks[c].system];
-    const int bits = g.image_bits, shift = 3 * g.image_bits;
-    const uint64_t mask = (uint64_t(1) << bits) - 1;
-    for (int64_t gi = chunks[c].begin; gi < chunks[c].end; ++gi) {
-      uint64_t* keys = reinterpret_cast<uint64_t*>(out_senders + out_ptr[gi]);
-      const int64_t capacity = out_ptr[gi + 1] - out_ptr[gi];
-      int64_t count = search_atom<true>(g, at, gi - g.begin, cutoff_sq, self_interaction, keys, capacity);
-      if (count != capacity) {
-#pragma omp critical(nffk_neighbor_list_failure)
-        mismatch = true;
-        count = 0;
-      }
+    for (int64_t c = 0; c < num_chunks; ++c) {
+      const Grid& g = grids[chunks[c].system];
+      chunk_keys[c] = {&keys, used};
       try {  // an exception (out of memory) must not leave an OpenMP region
-        sort_keys(keys, count, scratch);
+        for (int64_t gi = chunks[c].begin; gi < chunks[c].end; ++gi) {
+          int64_t count;
+          while ((count = search_atom(g, at, gi - g.begin, cutoff_sq, self_interaction, keys.data() + used,
+                                      int64_t(keys.size()) - used)) < 0)
+            keys.resize(std::max<size_t>(2 * keys.size(), 1 << 14));  // then search this atom again
+          sort_keys(keys.data() + used, count, sort_scratch);
+          out_ptr[gi + 1] = count;
+          used += count;
+        }
       } catch (...) {
 #pragma omp critical(nffk_neighbor_list_failure)
         out_of_memory = true;
       }
-      const int32_t* wi = wrap + 3 * gi;
-      const int64_t first = out_ptr[gi], last = first + count;
-      for (int64_t e = first; e < last; ++e) {
-        const uint64_t key = uint64_t(out_senders[e]);
-        const int64_t gj = g.begin + int64_t(key >> shift);
-        const int32_t* wj = wrap + 3 * gj;
-        out_senders[e] = gj;
-        out_receivers[e] = gi;
-        for (int k = 0; k < 3; ++k)
-          out_shifts[3 * e + k] = int64_t((key >> ((2 - k) * bits)) & mask) - g.image_bias - wj[k] + wi[k];
-      }
-      if (!want_distances && !want_vectors) continue;
-      // A separate loop over plain arrays, so that it vectorises (gathers, sqrt).
-      const double ri[3] = {double(pos[3 * gi]), double(pos[3 * gi + 1]), double(pos[3 * gi + 2])};
-      for (int64_t e = first; e < last; ++e) {
-        const int64_t gj = out_senders[e];
-        const double s0 = double(out_shifts[3 * e]), s1 = double(out_shifts[3 * e + 1]), s2 = double(out_shifts[3 * e + 2]);
-        double v[3];
-        for (int d = 0; d < 3; ++d) v[d] = (double(pos[3 * gj + d]) - ri[d]) + (s0 * g.h[d] + s1 * g.h[3 + d] + s2 * g.h[6 + d]);
-        if (want_distances) out_distances[e] = scalar_t(std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]));
-        if (want_vectors)
-          for (int d = 0; d < 3; ++d) out_vectors[3 * e + d] = scalar_t(v[d]);
+    }
+#pragma omp single
+    if (!out_of_memory) {  // else some counts were never written
+      for (int64_t i = 0; i < num_atoms; ++i) out_ptr[i + 1] += out_ptr[i];
+      const int64_t num_pairs = out_ptr[num_atoms];
+      try {
+        senders = empty_output({num_pairs}, long_options);
+        receivers = empty_output({num_pairs}, long_options);
+        shifts = empty_output({num_pairs, 3}, long_options);
+        distances = empty_output({want_distances ? num_pairs : 0}, positions.options());
+        vectors = empty_output({want_vectors ? num_pairs : 0, 3}, positions.options());
+      } catch (...) {
+        out_of_memory = true;
       }
     }
+    if (!out_of_memory) {
+      int64_t* out_senders = senders.data_ptr<int64_t>();
+      int64_t* out_receivers = receivers.data_ptr<int64_t>();
+      int64_t* out_shifts = shifts.data_ptr<int64_t>();
+      scalar_t* out_distances = want_distances ? distances.data_ptr<scalar_t>() : nullptr;
+      scalar_t* out_vectors = want_vectors ? vectors.data_ptr<scalar_t>() : nullptr;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t c = 0; c < num_chunks; ++c) {
+        const Grid& g = grids[chunks[c].system];
+        const int bits = g.image_bits, shift = 3 * g.image_bits;
+        const uint64_t mask = (uint64_t(1) << bits) - 1;
+        const uint64_t* key = chunk_keys[c].scratch->data() + chunk_keys[c].offset;
+        for (int64_t gi = chunks[c].begin; gi < chunks[c].end; ++gi) {
+          const int64_t wi[3] = {wrap[3 * gi] - g.image_bias, wrap[3 * gi + 1] - g.image_bias,
+                                 wrap[3 * gi + 2] - g.image_bias};
+          const double ri[3] = {double(pos[3 * gi]), double(pos[3 * gi + 1]), double(pos[3 * gi + 2])};
+          const int64_t first = out_ptr[gi], last = out_ptr[gi + 1];
+          for (int64_t e = first; e < last; ++e, ++key) {
+            const int64_t gj = g.begin + int64_t(*key >> shift);
+            const int32_t* wj = wrap + 3 * gj;
+            int64_t s[3];
+            for (int k = 0; k < 3; ++k) s[k] = int64_t((*key >> ((2 - k) * bits)) & mask) + wi[k] - wj[k];
+            out_senders[e] = gj;
+            out_receivers[e] = gi;
+            for (int k = 0; k < 3; ++k) out_shifts[3 * e + k] = s[k];
+            if (!want_distances && !want_vectors) continue;
+            double v[3];
+            for (int d = 0; d < 3; ++d)
+              v[d] = (double(pos[3 * gj + d]) - ri[d]) +
+                     (double(s[0]) * g.h[d] + double(s[1]) * g.h[3 + d] + double(s[2]) * g.h[6 + d]);
+            if (want_distances) out_distances[e] = scalar_t(std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]));
+            if (want_vectors)
+              for (int d = 0; d < 3; ++d) out_vectors[3 * e + d] = scalar_t(v[d]);
+          }
+        }
+      }
+    }
+    // After the loop's barrier nobody reads the keys any more: give back what an unusually
+    // large request made the scratch grow to.
+    if (keys.size() > kKeepScratchKeys) std::vector<uint64_t>().swap(keys);
   }
-  }
-  TORCH_CHECK(!out_of_memory, "neighbor_list: out of memory while sorting neighbours");
-  TORCH_CHECK(!mismatch, "neighbor_list: internal error: the two passes found different pairs (please report)");
+  TORCH_CHECK(!out_of_memory, "neighbor_list: out of memory");
   return {senders, receivers, shifts, ptr, distances, vectors};
 }
 

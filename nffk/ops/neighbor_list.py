@@ -225,27 +225,33 @@ def estimate_pairs(positions, cutoff, eff, pbc, ptr, batch) -> float:
     if num_systems == 0 or positions.shape[0] == 0:
         return 0.0
     counts = (ptr[1:] - ptr[:-1]).double()
-    periodic = bool(pbc.any())
+    periodic_axes = int(pbc.sum())
+    periodic = periodic_axes > 0
     # Coordinates along each row's dual direction; open rows are orthonormal, so these are in A.
     if not periodic:
         along = positions  # eff is the identity
+    elif periodic_axes == 3 * num_systems:
+        along = None  # fully periodic: the cells alone give the volumes
     elif batch is None:
         along = positions.double() @ eff[0].transpose(0, 1)
     else:
         along = torch.einsum("nc,nkc->nk", positions.double(), eff[batch])
-    if batch is None:
-        extent = (along.amax(0) - along.amin(0)).double()[None]
+    if along is None:
+        extent = None
+    elif batch is None:
+        extent = (along.amax(0) - along.amin(0)).double()[None].clamp(min=cutoff)
     else:
         index3 = batch[:, None].expand(-1, 3)
         high = along.new_full((num_systems, 3), -math.inf).scatter_reduce(0, index3, along, "amax")
         low = along.new_full((num_systems, 3), math.inf).scatter_reduce(0, index3, along, "amin")
-        extent = (high - low).double().nan_to_num(0.0)  # empty systems: -inf
-    extent = extent.clamp(min=cutoff)
+        extent = (high - low).double().nan_to_num(0.0).clamp(min=cutoff)  # empty systems: -inf
     sphere = 4.0 / 3.0 * math.pi * min(cutoff, 1e100) ** 3  # no float overflow for absurd cutoffs
     if not periodic:
         per_atom = torch.minimum(counts / extent.prod(-1) * sphere + 1, counts)
         return float((counts * per_atom).sum())
-    volume = torch.linalg.det(eff).abs() * torch.where(pbc, 1.0, extent).prod(-1)
+    volume = torch.linalg.det(eff).abs()
+    if extent is not None:
+        volume = volume * torch.where(pbc, 1.0, extent).prod(-1)
     spacing = 1.0 / torch.linalg.inv(eff).norm(dim=-2)  # distance between opposite cell faces
     own_images = torch.where(pbc, 2 * torch.floor(cutoff / spacing) + 1, 1.0).prod(-1)
     per_atom = counts / volume * sphere + own_images
@@ -351,8 +357,16 @@ def neighbor_list(positions: torch.Tensor, cutoff: float, cell: Optional[torch.T
     if not (isinstance(max_pairs, (int, float)) and max_pairs >= 0):
         raise ValueError(f"max_pairs must be a number >= 0, got {max_pairs!r}")
     chosen = backends.resolve("neighbor_list", backend, systems.positions.device, IMPLEMENTED)
-    eff = binning_cells(systems.cell, systems.pbc)
-    estimate = estimate_pairs(systems.positions, systems.cutoff, eff, systems.pbc, systems.ptr, systems.batch)
+    num_atoms, num_systems = systems.positions.shape[0], systems.cell.shape[0]
+    if cell is None:  # open boundaries throughout: identity bins, and at most num_atoms**2 pairs
+        eff = torch.eye(3, dtype=torch.float64, device=systems.positions.device).expand(num_systems, 3, 3).contiguous()
+        bound = float(num_atoms) ** 2
+    else:
+        eff = binning_cells(systems.cell, systems.pbc)
+        bound = math.inf
+    # The estimate costs ~15 small torch ops: only worth it when the free bound is not enough.
+    estimate = 0.0 if bound <= max_pairs else estimate_pairs(systems.positions, systems.cutoff, eff, systems.pbc,
+                                                             systems.ptr, systems.batch)
     if estimate > max_pairs:
         raise ValueError(f"neighbor_list: this request would produce about {estimate:.3g} pairs "
                          f"(more than max_pairs={max_pairs:.3g}; ~{48 * estimate / 2**30:.3g} GiB); lower the "
@@ -368,7 +382,6 @@ def neighbor_list(positions: torch.Tensor, cutoff: float, cell: Optional[torch.T
                             vectors if return_vectors else None)
 
     senders, receivers, shifts = neighbor_list_reference(systems, self_interaction)
-    num_atoms = systems.positions.shape[0]
     ptr = torch.zeros(num_atoms + 1, dtype=torch.int64, device=receivers.device)
     torch.cumsum(torch.bincount(receivers, minlength=num_atoms), 0, out=ptr[1:])
     distances = vectors = None

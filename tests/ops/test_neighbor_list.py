@@ -1,6 +1,7 @@
 """Neighbour lists: the reference against ase (pair SETS), the C++ kernel against the reference
 (identical sorted output), sortedness/CSR, edge-vector gradients, bad input, the memory guard."""
 import importlib
+import io
 
 import numpy as np
 import pytest
@@ -238,6 +239,34 @@ def test_cpu_large_random_system_matches_ase(seeded):
 
 
 @needs_ext
+def test_cpu_large_outputs_are_ordinary_tensors(seeded):
+    """Outputs of a megabyte or more live in their own huge-page mappings, reused by the next
+    call once freed: same pairs and distances as ase even when the reused memory is poisoned,
+    and they behave like any tensor (outlive each other, grow, pickle)."""
+    cell = 16.0 * torch.eye(3, dtype=torch.float64)
+    positions = torch.rand(2000, 3, generator=seeded, dtype=torch.float64) * 16.0
+    kwargs = dict(backend="cpu", return_distances=True, return_vectors=True)
+    for tensor in neighbor_list(positions, 4.0, cell, **kwargs):  # freed right away: kept for reuse
+        tensor.fill_(-7)
+    del tensor
+    result = neighbor_list(positions, 4.0, cell, **kwargs)
+    assert result.shifts.numel() * 8 >= 2**20, "too few pairs to reach the mapped-output path"
+    assert pair_set(result) == ase_pairs(positions, 4.0, cell, [True] * 3)
+    check_sorted_csr(result, 2000)
+    vectors = edge_vectors(positions, result.senders, result.receivers, result.shifts, cell)
+    torch.testing.assert_close(result.vectors, vectors)
+    torch.testing.assert_close(result.distances, vectors.norm(dim=-1))
+    senders, expected = result.senders, result.senders.clone()
+    del result  # the other outputs' mappings go; senders' stays
+    buffer = io.BytesIO()
+    torch.save(senders, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer), expected)
+    senders.resize_(3 * senders.numel())  # grows into torch's own allocator
+    assert torch.equal(senders[:expected.numel()], expected)
+
+
+@needs_ext
 def test_deterministic_across_thread_counts(seeded):
     positions, cells, pbcs, batch, cutoff, _ = random_batch(seeded, num_systems=40)
     # Big enough (> 1e5 pairs, > 1e6 candidates) that the kernel actually runs in parallel.
@@ -374,6 +403,11 @@ def test_memory_guard_fails_early_with_estimate(backend):
     assert 0.5 < estimate / small.senders.numel() < 2.0
     with pytest.raises(ValueError, match="max_pairs=10"):
         neighbor_list(positions[:150], 3.0, cell, backend=backend, max_pairs=10)
+    # Open boundaries: the estimate is skipped while num_atoms**2 (a true bound) fits.
+    with pytest.raises(ValueError, match="max_pairs=10"):
+        neighbor_list(positions[:150], 3.0, backend=backend, max_pairs=10)
+    everything = neighbor_list(positions[:150], 1000.0, backend=backend, max_pairs=150**2)
+    assert everything.senders.numel() == 150 * 149
 
 
 @needs_ext
