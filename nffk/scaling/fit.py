@@ -97,12 +97,7 @@ def _best_of_grid(objective, batch_objective, grid: np.ndarray, top_k: int, boun
     values = np.where(np.isfinite(values), values, np.inf)
     starts = [grid[i] for i in np.argsort(values)[:top_k] if np.isfinite(values[i])]
     starts += [np.asarray(s, dtype=np.float64) for s in extra_starts]
-    best = None
-    for start in starts:
-        result = _lbfgs(objective, start, bounds)
-        if result is not None and (best is None or result.fun < best.fun):
-            best = result
-    return best
+    return _best_of_starts(objective, starts, bounds)
 
 
 def _lbfgs(objective, start, bounds):
