@@ -3,7 +3,9 @@
 // and the portable loops of nffk/tensor_product.h otherwise. The transposes are a large share of
 // a memory-bound kernel's instructions (a scalar transpose costs a load and a store per number).
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -77,6 +79,12 @@ struct Float16 {
   static void transpose(Reg* r) { transpose16(r); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
   static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
+  static Reg mul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }
+  static Reg set1(float x) { return _mm512_set1_ps(x); }
+  // Lanes of `mask` take src[index[lane]], the others keep `into`.
+  static Reg permute(Reg into, uint32_t mask, const int32_t* index, Reg src) {
+    return _mm512_mask_permutexvar_ps(into, static_cast<__mmask16>(mask), _mm512_load_si512(index), src);
+  }
 };
 
 struct Double8 {
@@ -90,6 +98,11 @@ struct Double8 {
   static void transpose(Reg* r) { transpose8(r); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_pd(a, b, c); }
   static Reg add(Reg a, Reg b) { return _mm512_add_pd(a, b); }
+  static Reg mul(Reg a, Reg b) { return _mm512_mul_pd(a, b); }
+  static Reg set1(double x) { return _mm512_set1_pd(x); }
+  static Reg permute(Reg into, uint32_t mask, const int64_t* index, Reg src) {
+    return _mm512_mask_permutexvar_pd(into, static_cast<__mmask8>(mask), _mm512_load_si512(index), src);
+  }
 };
 
 template <typename T>
@@ -103,6 +116,127 @@ struct TileOf<double> {
   using type = Double8;
 };
 
+// Shuffles between the two layouts of N channels of a block with d < N components: d
+// channel-major vectors (one per component) and the same N * d numbers in [mul][d] order, d
+// vectors again. Each output vector gathers lanes from all d inputs (d masked permutes): d * d
+// shuffles, no partial stores, where a 16x16 register transpose costs 64 shuffles and N masked
+// stores of d numbers (the stores dominate a memory-bound kernel: they reach memory in pieces).
+template <typename T>
+struct SmallBlockShuffles {
+  static constexpr int N = TileOf<T>::type::N;
+  static constexpr int kMaxD = 8;
+  using Index = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  alignas(64) Index row_index[kMaxD + 1][kMaxD][N];  // [d][q][t]: channel of lane t of row vector q
+  uint32_t row_mask[kMaxD + 1][kMaxD][kMaxD];        // [d][q][m]: lanes of row vector q holding component m
+  alignas(64) Index col_index[kMaxD + 1][kMaxD][N];  // [d][m][u]: lane of (u, m) in its row vector
+  uint32_t col_mask[kMaxD + 1][kMaxD][kMaxD];        // [d][m][q]: channels whose component m is in row vector q
+  SmallBlockShuffles() : row_index(), row_mask(), col_index(), col_mask() {
+    for (int d = 1; d <= kMaxD; ++d)
+      for (int f = 0; f < d * N; ++f) {
+        const int q = f / N, t = f % N, u = f / d, m = f % d;
+        row_index[d][q][t] = u;
+        row_mask[d][q][m] |= 1u << t;
+        col_index[d][m][u] = t;
+        col_mask[d][m][q] |= 1u << u;
+      }
+  }
+  static const SmallBlockShuffles& get() {
+    static const SmallBlockShuffles tables;
+    return tables;
+  }
+};
+
+// Registers: cols[m] holds component m of N channels; rows[q] the same N * D numbers in [u][m]
+// order (channel u's components at lanes u * D .. u * D + D - 1 of the concatenation).
+template <typename T, int D>
+inline void interleave(const typename TileOf<T>::type::Reg* cols, typename TileOf<T>::type::Reg* rows) {
+  using Tile = typename TileOf<T>::type;
+  if constexpr (D == 1) {
+    rows[0] = cols[0];
+    return;
+  }
+  const auto& sh = SmallBlockShuffles<T>::get();
+  for (int q = 0; q < D; ++q) {
+    typename Tile::Reg r = Tile::zero();
+    for (int m = 0; m < D; ++m) r = Tile::permute(r, sh.row_mask[D][q][m], sh.row_index[D][q], cols[m]);
+    rows[q] = r;
+  }
+}
+
+template <typename T, int D>
+inline void deinterleave(const typename TileOf<T>::type::Reg* rows, typename TileOf<T>::type::Reg* cols) {
+  using Tile = typename TileOf<T>::type;
+  if constexpr (D == 1) {
+    cols[0] = rows[0];
+    return;
+  }
+  const auto& sh = SmallBlockShuffles<T>::get();
+  for (int m = 0; m < D; ++m) {
+    typename Tile::Reg r = Tile::zero();
+    for (int q = 0; q < D; ++q) r = Tile::permute(r, sh.col_mask[D][m][q], sh.col_index[D][m], rows[q]);
+    cols[m] = r;
+  }
+}
+
+// dst[m][u] = src[u][m] for whole groups of N channels, D < N components; returns the channels done.
+template <typename T, int D>
+int64_t to_channel_major_small(const T* src, int64_t mul, T* dst, int64_t ld) {
+  using Tile = typename TileOf<T>::type;
+  constexpr int N = Tile::N;
+  const int64_t full = mul / N * N;
+  for (int64_t u0 = 0; u0 < full; u0 += N) {
+    typename Tile::Reg rows[D], cols[D];
+    for (int q = 0; q < D; ++q) rows[q] = Tile::load_full(src + u0 * D + q * N);
+    deinterleave<T, D>(rows, cols);
+    for (int m = 0; m < D; ++m) Tile::store_full(dst + m * ld + u0, cols[m]);
+  }
+  return full;
+}
+
+// dst[u][m] = src[m][u] for whole groups of N channels, D < N components; returns the channels done.
+template <typename T, int D>
+int64_t from_channel_major_small(const T* src, int64_t ld, int64_t mul, T* dst) {
+  using Tile = typename TileOf<T>::type;
+  constexpr int N = Tile::N;
+  const int64_t full = mul / N * N;
+  for (int64_t u0 = 0; u0 < full; u0 += N) {
+    typename Tile::Reg rows[D], cols[D];
+    for (int m = 0; m < D; ++m) cols[m] = Tile::load_full(src + m * ld + u0);
+    interleave<T, D>(cols, rows);
+    for (int q = 0; q < D; ++q) Tile::store_full(dst + u0 * D + q * N, rows[q]);
+  }
+  return full;
+}
+
+// The whole groups of N channels of a block with few components (the rest: register tiles).
+template <typename T>
+int64_t to_channel_major_groups(const T* src, int64_t mul, int64_t d, T* dst, int64_t ld) {
+  switch (d) {
+    case 1: std::copy(src, src + mul, dst); return mul;
+    case 2: return to_channel_major_small<T, 2>(src, mul, dst, ld);
+    case 3: return to_channel_major_small<T, 3>(src, mul, dst, ld);
+    case 4: return to_channel_major_small<T, 4>(src, mul, dst, ld);
+    case 5: return to_channel_major_small<T, 5>(src, mul, dst, ld);
+    case 6: return to_channel_major_small<T, 6>(src, mul, dst, ld);
+    case 7: return to_channel_major_small<T, 7>(src, mul, dst, ld);
+    default: return 0;
+  }
+}
+
+template <typename T>
+int64_t from_channel_major_groups(const T* src, int64_t ld, int64_t mul, int64_t d, T* dst) {
+  switch (d) {
+    case 1: std::copy(src, src + mul, dst); return mul;
+    case 2: return from_channel_major_small<T, 2>(src, ld, mul, dst);
+    case 3: return from_channel_major_small<T, 3>(src, ld, mul, dst);
+    case 4: return from_channel_major_small<T, 4>(src, ld, mul, dst);
+    case 5: return from_channel_major_small<T, 5>(src, ld, mul, dst);
+    case 6: return from_channel_major_small<T, 6>(src, ld, mul, dst);
+    case 7: return from_channel_major_small<T, 7>(src, ld, mul, dst);
+    default: return 0;
+  }
+}
+
 }  // namespace detail
 
 // dst[m][u] = src[u][m] for u < mul, zero for mul <= u < ld (ld a multiple of the tile size).
@@ -111,7 +245,12 @@ NFFK_HD void to_channel_major(const T* src, int64_t mul, int64_t d, T* dst, int6
   using Tile = typename detail::TileOf<T>::type;
   constexpr int N = Tile::N;
   typename Tile::Reg r[N];
-  for (int64_t u0 = 0; u0 < ld; u0 += N) {
+  const int64_t done = detail::to_channel_major_groups(src, mul, d, dst, ld);
+  if (d == 1) {
+    std::fill(dst + mul, dst + ld, T(0));
+    return;
+  }
+  for (int64_t u0 = done; u0 < ld; u0 += N) {
     const int64_t rows = mul - u0 < N ? (mul - u0 > 0 ? mul - u0 : 0) : N;
     for (int64_t m0 = 0; m0 < d; m0 += N) {
       const int cols = static_cast<int>(d - m0 < N ? d - m0 : N);
@@ -128,7 +267,7 @@ NFFK_HD void from_channel_major(const T* src, int64_t ld, int64_t mul, int64_t d
   using Tile = typename detail::TileOf<T>::type;
   constexpr int N = Tile::N;
   typename Tile::Reg r[N];
-  for (int64_t u0 = 0; u0 < mul; u0 += N) {
+  for (int64_t u0 = detail::from_channel_major_groups(src, ld, mul, d, dst); u0 < mul; u0 += N) {
     const int64_t rows = mul - u0 < N ? mul - u0 : N;
     for (int64_t m0 = 0; m0 < d; m0 += N) {
       const int cols = static_cast<int>(d - m0 < N ? d - m0 : N);
