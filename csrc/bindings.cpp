@@ -3,9 +3,12 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu/mapped_outputs.h"
 #include "cpu/ops.h"
 
 TORCH_LIBRARY(nffk_C, m) {
+  // An uninitialised output buffer (large ones in reused huge-page mappings: csrc/cpu/mapped_outputs.cpp).
+  m.def("empty_output(int[] sizes, ScalarType dtype) -> Tensor");
   m.def("segment_sum(Tensor src, Tensor ptr) -> Tensor");
   m.def(
       "neighbor_list(Tensor positions, Tensor system_ptr, Tensor cells, Tensor pbc, float cutoff, "
@@ -35,6 +38,10 @@ TORCH_LIBRARY(nffk_C, m) {
   m.def("sh_vjp(Tensor x, Tensor grad, " NFFK_SH_ARGS ", Tensor(a!) out) -> ()");
   m.def("sh_vjp_vjp(Tensor x, Tensor grad, Tensor h, " NFFK_SH_ARGS ", Tensor(a!) grad_x, Tensor(b!) grad_grad) -> ()");
 #undef NFFK_SH_ARGS
+}
+
+TORCH_LIBRARY_IMPL(nffk_C, CompositeExplicitAutograd, m) {
+  m.impl("empty_output", &nffk::cpu::empty_output_op);
 }
 
 TORCH_LIBRARY_IMPL(nffk_C, CPU, m) {

@@ -17,17 +17,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <mutex>
 #include <vector>
-
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #if defined(__AVX512F__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define NFFK_NL_AVX512 1
 #endif
+
+#include "mapped_outputs.h"
 
 #include "nffk/neighbor_list.h"
 #include "ops.h"
@@ -303,97 +300,6 @@ void sort_keys(uint64_t* keys, int64_t n, std::vector<uint64_t>& scratch) {
   for (int64_t e = 0; e < n; ++e) tmp[start[(keys[e] - low) >> shift]++] = keys[e];
   insertion_sort(tmp, n);
   std::copy(tmp, tmp + n, keys);
-}
-
-// Outputs of a megabyte or more live in their own 2 MiB-aligned anonymous mappings with
-// huge-page advice: the kernel writes all of this fresh memory, and faulting it in 4 KiB pages
-// costs ~0.5 ms per MB (more than the search at 4,000 atoms), 2 MiB pages ~0.04 ms per MB (the
-// kernel zeroing them). A freed output's mapping is kept for the next call (a few, 64 MB at most
-// in all), which then pays neither. Huge pages are advice only: where they are off it is 4 KiB
-// pages as with torch's allocator.
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-#define NFFK_NL_MAPPED_OUTPUTS 1
-constexpr size_t kHugePage = size_t(1) << 21;
-
-struct Mapping {
-  void* data = nullptr;
-  size_t length = 0;
-};
-
-class MappingPool {
- public:
-  // Never destroyed: outputs may be freed during exit, after static destructors ran.
-  static MappingPool& instance() {
-    static auto* pool = new MappingPool;
-    return *pool;
-  }
-
-  // A kept mapping of [length, 2 length) bytes, else a fresh one; {nullptr, 0} if mmap fails.
-  Mapping take(size_t length) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      for (size_t k = kept_.size(); k-- > 0;)  // newest first
-        if (kept_[k].length >= length && kept_[k].length < 2 * length) {
-          const Mapping found = kept_[k];
-          kept_.erase(kept_.begin() + k);
-          kept_bytes_ -= found.length;
-          return found;
-        }
-    }
-    void* raw = mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED) return {};
-    const uintptr_t first = reinterpret_cast<uintptr_t>(raw), last = first + length + kHugePage;
-    const uintptr_t begin = (first + kHugePage - 1) & ~uintptr_t(kHugePage - 1), end = begin + length;
-    if (begin > first) munmap(raw, begin - first);  // keep exactly the aligned part
-    if (last > end) munmap(reinterpret_cast<void*>(end), last - end);
-    madvise(reinterpret_cast<void*>(begin), length, MADV_HUGEPAGE);
-    return {reinterpret_cast<void*>(begin), length};
-  }
-
-  // Keeps a freed mapping, unmapping the oldest ones beyond the limits.
-  void give(Mapping mapping) {
-    std::vector<Mapping> unmap;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      kept_.push_back(mapping);
-      kept_bytes_ += mapping.length;
-      while (kept_bytes_ > kKeptBytes || kept_.size() > kKeptMappings) {
-        unmap.push_back(kept_.front());
-        kept_bytes_ -= kept_.front().length;
-        kept_.erase(kept_.begin());
-      }
-    }
-    for (const Mapping& m : unmap) munmap(m.data, m.length);
-  }
-
- private:
-  static constexpr size_t kKeptBytes = size_t(64) << 20, kKeptMappings = 10;
-  std::mutex mutex_;
-  std::vector<Mapping> kept_;
-  size_t kept_bytes_ = 0;
-};
-#endif
-
-// An uninitialised output tensor (mapped as above when large). Its storage stays resizable:
-// growing it moves it to torch's allocator.
-at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-#if NFFK_NL_MAPPED_OUTPUTS
-  const size_t bytes = size_t(c10::multiply_integers(sizes)) * options.dtype().itemsize();
-  if (bytes >= kHugePage / 2) {
-    const Mapping mapping = MappingPool::instance().take((bytes + kHugePage - 1) & ~(kHugePage - 1));
-    if (mapping.data != nullptr) {
-      c10::DataPtr owner(mapping.data, new Mapping(mapping), [](void* context) {
-        const auto* m = static_cast<Mapping*>(context);
-        MappingPool::instance().give(*m);
-        delete m;
-      }, at::Device(at::kCPU));
-      c10::Storage storage(c10::Storage::use_byte_size_t(), bytes, std::move(owner), at::getCPUAllocator(),
-                           /*resizable=*/true);
-      return at::empty({0}, options).set_(storage, 0, sizes);
-    }
-  }
-#endif
-  return at::empty(sizes, options);
 }
 
 using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
