@@ -12,10 +12,12 @@
 #include <memory>
 #include <numeric>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "scratch.h"
+#include "tp_direct.h"
 #include "transpose.h"
 #include "nffk/tensor_product.h"
 
@@ -45,6 +47,7 @@ struct Program {
   std::vector<std::pair<int64_t, int64_t>> out_gaps, x1_gaps, weight_gaps;  // ranges no path writes
   int64_t x1_scratch = 0, out_scratch = 0, rows_size = 0, tile_a_size = 0, z_size = 0, max_ld = 0;
   int64_t out_row_size = 0;  // a whole output row in channel-major blocks (out_blocks[b].slot)
+  std::vector<uint8_t> direct;  // per output block: its one path runs the kernels of tp_direct.h
 };
 
 // Reads and validates the plan's kernel tables (so that no table, however wrong, makes a kernel
@@ -215,6 +218,11 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
     if (path.mode == tp::kUVW) {
       prog.z_size = std::max<int64_t>(prog.z_size, int64_t(path.mul2) * path.d3 * round_up(path.mul1, lanes));
     }
+  }
+  for (size_t b = 0; b + 1 < prog.group_begin.size(); ++b) {
+    const tp::Path<T>& p = prog.paths[prog.group_begin[b]];
+    prog.direct.push_back(direct::kAvailable && prog.group_begin[b + 1] - prog.group_begin[b] == 1 &&
+                          p.mode == tp::kUVU && p.mul2 == 1 && p.mul1 % lanes == 0 && p.d3 <= direct::kMaxD);
   }
   // Projections of one output block's paths for a tile: the largest group decides.
   for (size_t b = 0; b + 1 < prog.group_begin.size(); ++b) {
@@ -442,6 +450,69 @@ struct StoreRows {
   }
 };
 
+// The direct kernels (tp_direct.h) on output block b of every element of the tile, if it is one
+// of theirs; false otherwise.
+template <typename T>
+bool forward_direct(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, size_t b) {
+#if defined(__AVX512F__)
+  if (!prog.direct[b]) return false;
+  const int32_t n = prog.group_begin[b];
+  const tp::Path<T>& p = prog.paths[n];
+  const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+  direct::with_components(p.d3, [&](auto d3) {
+    for (int64_t e = 0; e < io.count; ++e) {
+      const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
+      const T* w = p.has_weight ? io.w[e] + p.weight_offset : nullptr;
+      direct::forward<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, kLanes<T>, xc, xb.ld, w, io.out[e] + p.offset_out);
+    }
+  });
+  return true;
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+bool vjp_x1_direct(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, size_t b) {
+#if defined(__AVX512F__)
+  if (!prog.direct[b] || io.g_channel_major) return false;
+  const int32_t n = prog.group_begin[b];
+  const tp::Path<T>& p = prog.paths[n];
+  const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+  direct::with_components(p.d3, [&](auto d3) {
+    for (int64_t e = 0; e < io.count; ++e) {
+      const T* w = p.has_weight ? io.w[e] + p.weight_offset : nullptr;
+      direct::vjp_x1<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, kLanes<T>, io.g[e] + p.offset_out, w,
+                            s.gx1c + e * prog.x1_scratch + xb.slot, xb.ld);
+    }
+  });
+  return true;
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+bool vjp_w_direct(const Program<T>& prog, const TileIO<T>& io, bool accumulate, TPScratch<T>& s, size_t b) {
+#if defined(__AVX512F__)
+  if (!prog.direct[b] || io.g_channel_major) return false;
+  const int32_t n = prog.group_begin[b];
+  const tp::Path<T>& p = prog.paths[n];
+  if (!p.has_weight) return true;  // nothing to write
+  const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+  direct::with_components(p.d3, [&](auto d3) {
+    for (int64_t e = 0; e < io.count; ++e) {
+      const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
+      direct::vjp_w<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, kLanes<T>, xc, xb.ld, io.g[e] + p.offset_out,
+                           io.out[e] + p.weight_offset, accumulate);
+    }
+  });
+  return true;
+#else
+  return false;
+#endif
+}
+
 template <typename T, typename Sink>
 void forward_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, Sink& sink) {
   constexpr int TE = kLanes<T>;
@@ -450,6 +521,9 @@ void forward_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, 
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];
     project_group(prog, b, s.x2t, s.A);
+    if constexpr (std::is_same_v<Sink, StoreRows<T>>) {
+      if (forward_direct(prog, io, s, b)) continue;
+    }
     for (int64_t e = 0; e < io.count; ++e) {
       const T* w = io.w[e];
       T* outc = sink.target(b, e);
@@ -487,6 +561,7 @@ void vjp_x1_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];
     project_group(prog, b, s.x2t, s.A);
+    if (vjp_x1_direct(prog, io, s, b)) continue;
     for (int64_t e = 0; e < io.count; ++e) {
       const T* w = io.w[e];
       const T* gc = g_block(prog, io, b, e, s.gc);
@@ -573,6 +648,7 @@ void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, bool accumulate, TP
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];
     project_group(prog, b, s.x2t, s.A);
+    if (vjp_w_direct(prog, io, accumulate, s, b)) continue;
     for (int64_t e = 0; e < io.count; ++e) {
       T* gw = io.out[e];
       const T* gc = g_block(prog, io, b, e, s.gc);

@@ -34,30 +34,56 @@ def random_configs(gen, count, **kwargs):
                                     max_paths=3 if big else 6, **kwargs)
 
 
+def compare_every_kernel(plan, dtype, shared, batch, gen, label):
+    """The four cpu kernels (both `weighted_only` settings) against the reference on poisoned outputs."""
+    reference, cpu = KERNELS["reference"], KERNELS["cpu"]
+    x1, x2, g = (torch.randn(batch, d, dtype=torch.float64, generator=gen)
+                 for d in (plan.dim_in1, plan.dim_in2, plan.dim_out))
+    w = torch.randn(*(() if shared else (batch,)), plan.weight_numel, dtype=torch.float64, generator=gen)
+    # The reference runs in float64 on the same (rounded) inputs: the error is the kernel's alone.
+    x1, x2, g, w = (t.to(dtype).double() for t in (x1, x2, g, w))
+    low = lambda t: t.to(dtype)  # noqa: E731
+    for only in (False, True):
+        with poisoned_outputs():
+            got = [cpu.forward(plan, low(x1), low(x2), low(w), only),
+                   cpu.vjp_x1(plan, low(g), low(x2), low(w), only),
+                   cpu.vjp_x2(plan, low(x1), low(g), low(w), only),
+                   cpu.vjp_w(plan, low(x1), low(x2), low(g), shared)]
+        expected = [reference.forward(plan, x1, x2, w, only), reference.vjp_x1(plan, g, x2, w, only),
+                    reference.vjp_x2(plan, x1, g, w, only), reference.vjp_w(plan, x1, x2, g, shared)]
+        for name, a, b in zip(("forward", "vjp_x1", "vjp_x2", "vjp_w"), got, expected):
+            assert a.dtype == dtype
+            assert relative_error(a, b) <= TOLERANCE[dtype], (name, only, batch, label)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shared", [False, True])
 def test_every_kernel_matches_the_reference(dtype, shared, seeded):
-    reference, cpu = KERNELS["reference"], KERNELS["cpu"]
     for config in random_configs(seeded, 12):
         plan = make_plan(config)
         batch = BATCHES[int(torch.randint(len(BATCHES) - (2 if plan.dim_in1 > 100 else 0), (), generator=seeded))]
-        x1, x2, g = (torch.randn(batch, d, dtype=torch.float64, generator=seeded)
-                     for d in (plan.dim_in1, plan.dim_in2, plan.dim_out))
-        w = torch.randn(*(() if shared else (batch,)), plan.weight_numel, dtype=torch.float64, generator=seeded)
-        # The reference runs in float64 on the same (rounded) inputs: the error is the kernel's alone.
-        x1, x2, g, w = (t.to(dtype).double() for t in (x1, x2, g, w))
-        low = lambda t: t.to(dtype)  # noqa: E731
-        for only in (False, True):
-            with poisoned_outputs():
-                got = [cpu.forward(plan, low(x1), low(x2), low(w), only),
-                       cpu.vjp_x1(plan, low(g), low(x2), low(w), only),
-                       cpu.vjp_x2(plan, low(x1), low(g), low(w), only),
-                       cpu.vjp_w(plan, low(x1), low(x2), low(g), shared)]
-            expected = [reference.forward(plan, x1, x2, w, only), reference.vjp_x1(plan, g, x2, w, only),
-                        reference.vjp_x2(plan, x1, g, w, only), reference.vjp_w(plan, x1, x2, g, shared)]
-            for name, a, b in zip(("forward", "vjp_x1", "vjp_x2", "vjp_w"), got, expected):
-                assert a.dtype == dtype
-                assert relative_error(a, b) <= TOLERANCE[dtype], (name, only, batch, config)
+        compare_every_kernel(plan, dtype, shared, batch, seeded, config)
+
+
+# Output blocks that the direct kernels take (csrc/cpu/tp_direct.h: one uvu path with one x2
+# channel, channels a multiple of the vector width, at most 7 components), next to blocks that
+# are not theirs (8 channels in float32, several paths into one block, l = 4, unweighted paths).
+DIRECT_PLANS = [
+    ("16x0e+32x1o+16x2e", "0e+1o+2e", "16x0e+32x1e+32x3o+16x3o", [
+        (0, 0, 0, "uvu", True), (1, 1, 1, "uvu", True), (1, 2, 2, "uvu", False), (2, 1, 3, "uvu", True)]),
+    ("32x0e+16x1o+8x1e+16x3o", "0e+1o+3o", "32x0e+16x1o+8x2o+16x2e+16x4e+16x2e", [
+        (0, 0, 0, "uvu", True), (1, 0, 1, "uvu", True), (1, 0, 1, "uvu", True), (2, 1, 2, "uvu", True),
+        (1, 1, 3, "uvu", True), (3, 2, 4, "uvu", True), (3, 1, 5, "uvu", False)]),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shared", [False, True])
+def test_direct_kernels_match_the_reference(dtype, shared, seeded):
+    for irreps1, irreps2, irreps_out, instructions in DIRECT_PLANS:
+        plan = TensorProductPlan(irreps1, irreps2, irreps_out, instructions)
+        for batch in (1, 17, 40):
+            compare_every_kernel(plan, dtype, shared, batch, seeded, (irreps1, irreps2, irreps_out))
 
 
 def test_backward_and_force_pattern_through_the_public_op(seeded):
