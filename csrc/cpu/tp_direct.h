@@ -1,8 +1,7 @@
 // Direct kernels for the commonest output block of NequIP and MACE message functions: written by
-// one uvu path with one x2 channel, whose channels fill whole vectors and whose irrep has at most
-// 7 components. For each group of channels they go from the inputs' rows to the output row in
+// one uvu path with one x2 channel, whose channels fill whole vectors (irreps up to l = 7). For each group of channels they go from the inputs' rows to the output row in
 // registers: the output (or g) stays in e3nn's [mul][d] order in memory and its components are
-// (de)interleaved in registers, where the general tiles of tp_tiles.h stage every block in
+// (de)interleaved in registers, or for more than 7 components transposed in register tiles), where the general tiles of tp_tiles.h stage every block in
 // channel-major scratch (zero it, accumulate, transpose it back: as many memory passes again as
 // the data itself, and the weights copied once more).
 //
@@ -19,19 +18,57 @@ namespace nffk::cpu::direct {
 
 #if defined(__AVX512F__)
 inline constexpr bool kAvailable = true;
-inline constexpr int kMaxD = 7;
+inline constexpr int kMaxD = 15;
 
 template <typename T>
 using Tile = typename detail::TileOf<T>::type;
 template <typename T>
 using Reg = typename Tile<T>::Reg;
 
+// Stores cols[k] (component k of N channels) as the channels' rows: rows = &row[u0][0], N * D contiguous.
+template <typename T, int D>
+inline void store_rows(Reg<T>* cols, T* rows) {
+  constexpr int N = Tile<T>::N;
+  if constexpr (D <= 7) {
+    Reg<T> packed[D];
+    detail::interleave<T, D>(cols, packed);
+    for (int q = 0; q < D; ++q) Tile<T>::store_full(rows + q * N, packed[q]);
+  } else {
+    for (int m0 = 0; m0 < D; m0 += N) {  // a register transpose per N components
+      const int count = D - m0 < N ? D - m0 : N;
+      Reg<T> r[N];
+      for (int m = 0; m < N; ++m) r[m] = m < count ? cols[m0 + m] : Tile<T>::zero();
+      Tile<T>::transpose(r);
+      for (int u = 0; u < N; ++u) Tile<T>::store(rows + u * D + m0, r[u], count);
+    }
+  }
+}
+
+// The inverse: cols[k] = component k of the N channels whose rows start at `rows`.
+template <typename T, int D>
+inline void load_rows(const T* rows, Reg<T>* cols) {
+  constexpr int N = Tile<T>::N;
+  if constexpr (D <= 7) {
+    Reg<T> packed[D];
+    for (int q = 0; q < D; ++q) packed[q] = Tile<T>::load_full(rows + q * N);
+    detail::deinterleave<T, D>(packed, cols);
+  } else {
+    for (int m0 = 0; m0 < D; m0 += N) {
+      const int count = D - m0 < N ? D - m0 : N;
+      Reg<T> r[N];
+      for (int u = 0; u < N; ++u) r[u] = Tile<T>::load(rows + u * D + m0, count);
+      Tile<T>::transpose(r);
+      for (int m = 0; m < count; ++m) cols[m0 + m] = r[m];
+    }
+  }
+}
+
 // out[u][k] = w[u] sum_i A[i][k] X[i][u], stored straight into the output row (out = row + offset).
 template <typename T, int D3>
 void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* w, T* out) {
   constexpr int N = Tile<T>::N;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
-    Reg<T> acc[D3], rows[D3];
+    Reg<T> acc[D3];
     for (int k = 0; k < D3; ++k) acc[k] = Tile<T>::zero();
     for (int32_t i = 0; i < d1; ++i) {
       const Reg<T> x = Tile<T>::load_full(X + i * ld + u0);
@@ -41,8 +78,7 @@ void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, in
       const Reg<T> wv = Tile<T>::load_full(w + u0);
       for (int k = 0; k < D3; ++k) acc[k] = Tile<T>::mul(acc[k], wv);
     }
-    detail::interleave<T, D3>(acc, rows);
-    for (int q = 0; q < D3; ++q) Tile<T>::store_full(out + u0 * D3 + q * N, rows[q]);
+    store_rows<T, D3>(acc, out + u0 * D3);
   }
 }
 
@@ -51,9 +87,8 @@ template <typename T, int D3>
 void vjp_x1(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, const T* w, T* gX, int64_t ld) {
   constexpr int N = Tile<T>::N;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
-    Reg<T> rows[D3], gk[D3];
-    for (int q = 0; q < D3; ++q) rows[q] = Tile<T>::load_full(g + u0 * D3 + q * N);
-    detail::deinterleave<T, D3>(rows, gk);
+    Reg<T> gk[D3];
+    load_rows<T, D3>(g + u0 * D3, gk);
     if (w != nullptr) {
       const Reg<T> wv = Tile<T>::load_full(w + u0);
       for (int k = 0; k < D3; ++k) gk[k] = Tile<T>::mul(gk[k], wv);
@@ -72,9 +107,8 @@ void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int6
            bool accumulate) {
   constexpr int N = Tile<T>::N;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
-    Reg<T> rows[D3], gk[D3], y[D3];
-    for (int q = 0; q < D3; ++q) rows[q] = Tile<T>::load_full(g + u0 * D3 + q * N);
-    detail::deinterleave<T, D3>(rows, gk);
+    Reg<T> gk[D3], y[D3];
+    load_rows<T, D3>(g + u0 * D3, gk);
     for (int k = 0; k < D3; ++k) y[k] = Tile<T>::zero();
     for (int32_t i = 0; i < d1; ++i) {
       const Reg<T> x = Tile<T>::load_full(X + i * ld + u0);
@@ -86,7 +120,45 @@ void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int6
   }
 }
 
-// kernel(std::integral_constant<int, d3>{}) for the block's component count 1 <= d3 <= kMaxD.
+// kernel(std::integral_constant<int, d3>{}) for the block's component count (supported(d3)).
+// S[(i * d3 + k) * stride] = sum_u X[i][u] w[u] g[u][k] for the path's CG pairs (i, k), which are
+// sorted by k: partial sums per pair over the channel groups in `acc` ([pairs][N], L1), then
+// reduced N pairs at a time by a register transpose.
+template <typename T, int D3>
+void vjp_x2(const tp::Path<T>& p, int64_t mul, const T* X, int64_t ld, const T* g, const T* w, T* acc, T* S,
+            int64_t stride) {
+  constexpr int N = Tile<T>::N;
+  const int32_t pairs = p.num_pairs;
+  for (int64_t u0 = 0; u0 < mul; u0 += N) {
+    Reg<T> gk[D3];
+    load_rows<T, D3>(g + u0 * D3, gk);
+    if (w != nullptr) {
+      const Reg<T> wv = Tile<T>::load_full(w + u0);
+      for (int k = 0; k < D3; ++k) gk[k] = Tile<T>::mul(gk[k], wv);
+    }
+    int32_t q = 0;
+    for (int k = 0; k < D3; ++k)
+      for (; q < pairs && p.pairs[q].k == k; ++q) {
+        const Reg<T> x = Tile<T>::load_full(X + p.pairs[q].i * ld + u0);
+        const Reg<T> sum = u0 == 0 ? Tile<T>::zero() : Tile<T>::load_full(acc + q * N);
+        Tile<T>::store_full(acc + q * N, Tile<T>::fma(x, gk[k], sum));
+      }
+  }
+  for (int32_t q0 = 0; q0 < pairs; q0 += N) {
+    const int count = pairs - q0 < N ? pairs - q0 : N;
+    Reg<T> r[N];
+    for (int q = 0; q < N; ++q) r[q] = q < count ? Tile<T>::load_full(acc + (q0 + q) * N) : Tile<T>::zero();
+    Tile<T>::transpose(r);
+    for (int step = N / 2; step >= 1; step /= 2)
+      for (int q = 0; q < step; ++q) r[q] = Tile<T>::add(r[q], r[q + step]);
+    alignas(64) T sums[N];
+    Tile<T>::store_full(sums, r[0]);
+    for (int q = 0; q < count; ++q) S[(p.pairs[q0 + q].i * p.d3 + p.pairs[q0 + q].k) * stride] = sums[q];
+  }
+}
+
+inline bool supported(int32_t d3) { return (d3 >= 1 && d3 <= 7) || (d3 <= kMaxD && d3 % 2 == 1); }
+
 template <typename Kernel>
 void with_components(int32_t d3, Kernel&& kernel) {
   switch (d3) {
@@ -97,12 +169,16 @@ void with_components(int32_t d3, Kernel&& kernel) {
     case 5: kernel(std::integral_constant<int, 5>{}); break;
     case 6: kernel(std::integral_constant<int, 6>{}); break;
     case 7: kernel(std::integral_constant<int, 7>{}); break;
+    case 9: kernel(std::integral_constant<int, 9>{}); break;
+    case 11: kernel(std::integral_constant<int, 11>{}); break;
+    case 13: kernel(std::integral_constant<int, 13>{}); break;
+    case 15: kernel(std::integral_constant<int, 15>{}); break;
     default: break;
   }
 }
 #else
 inline constexpr bool kAvailable = false;
-inline constexpr int kMaxD = 0;
+inline bool supported(int32_t) { return false; }
 #endif
 
 }  // namespace nffk::cpu::direct

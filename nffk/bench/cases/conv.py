@@ -16,7 +16,7 @@ import torch
 import nffk.nn
 from nffk import backends
 from nffk.bench.cases._common import cached, element_size, randn, require, seeded
-from nffk.bench.cases.tensor_product import KERNELS, PASSES, cuequivariance_module
+from nffk.bench.cases.tensor_product import KERNELS, LOSS_PASSES, PASSES, cuequivariance_module
 from nffk.bench.registry import Built, Case, Implementation
 from nffk.ops import ConvGraph
 
@@ -113,7 +113,7 @@ def cases(configs, mode: str, device, dtype, sweeps: bool = False, reference: bo
 
         per_kernel = (atoms * (plan.dim_in1 + plan.dim_out) + edges * (plan.dim_in2 + plan.weight_numel)) * size \
             + 16 * edges
-        for pass_name in PASSES:
+        for pass_name in LOSS_PASSES:  # the layer's output is per node: its loss is cheap next to the conv
             k = KERNELS[pass_name]
             result.append(Case(
                 op="conv", config=name, pass_name=pass_name, size=atoms, size_name="atoms", make_inputs=make_inputs,

@@ -4,7 +4,12 @@ Per-element (per-edge) weights, as in NequIP/MACE message functions. Three passe
 forward+backward (gradients for the node features and the weights) and the force-training
 double backward. Work per pass counts trilinear kernels: each of the four (forward, vjp_x1,
 vjp_x2, vjp_w) reads three of (x1, x2, w, out) and writes the fourth, so each moves the same
-bytes and does about the forward's FLOPs; forward+backward is 3 of them, double backward 6."""
+bytes and does about the forward's FLOPs; forward+backward is 3 of them, double backward 6.
+
+forward+backward and double backward put a loss on the output (`out.pow(2).sum()`), whose torch
+ops cost the same whoever computed `out` (for high-order at E = 200: ~80 ms, more than nffk's three
+kernels); "backward, dL/dout given" runs the same three kernels from a given output gradient, as
+operator benchmarks do, so its ratios are the operators'."""
 from __future__ import annotations
 
 import torch
@@ -45,7 +50,8 @@ BATCH_SWEEP = {"config": "mace-medium", "quick": [10, 100], "default": [10, 100,
 MAIN = ["nequip", "mace-medium", "high-order", "fully-connected"]
 DEFAULTS = {"quick": ["mace-medium", "fully-connected"], "default": MAIN, "full": MAIN}
 DIVISOR = {"quick": 100, "default": 10, "full": 1}  # batch = full batch / divisor
-KERNELS = {"forward": 1, "forward+backward": 3, "double backward": 6}
+LOSS_PASSES = ("forward", "forward+backward", "double backward")
+KERNELS = {"forward": 1, "forward+backward": 3, "backward, dL/dout given": 3, "double backward": 6}
 
 
 # -- modules ----------------------------------------------------------------------------------
@@ -143,6 +149,24 @@ def forward_backward(module):
     return run
 
 
+def backward_given(module):
+    """Forward, then backward from a given dL/dout (fixed random numbers, drawn once per input set
+    on the untimed first call): the operator's own gradient kernels without the loss on its
+    output, which costs torch a few passes over that output (with fresh pages) whatever computed it."""
+    given = {}
+
+    def run(x1, x2, w):
+        key = (id(x1), id(x2), id(w))
+        x1 = x1.detach().requires_grad_()
+        w = w.detach().requires_grad_()
+        out = module(x1, x2, w)
+        if key not in given:
+            seed = torch.Generator(device=out.device).manual_seed(0)
+            given[key] = torch.randn(out.shape, generator=seed, device=out.device, dtype=out.dtype)
+        out.backward(given[key])
+    return run
+
+
 def double_backward(module):
     """The force-training pattern: gradient w.r.t. an input with create_graph, a loss on it, backward."""
     def run(x1, x2, w):
@@ -154,7 +178,8 @@ def double_backward(module):
     return run
 
 
-PASSES = {"forward": forward, "forward+backward": forward_backward, "double backward": double_backward}
+PASSES = {"forward": forward, "forward+backward": forward_backward, "backward, dL/dout given": backward_given,
+          "double backward": double_backward}
 
 
 # -- cases ------------------------------------------------------------------------------------
