@@ -63,6 +63,14 @@ inline void load_rows(const T* rows, Reg<T>* cols) {
   }
 }
 
+// v[k] *= w[u] for the N channels from u0 (w == nullptr: an unweighted path, unchanged).
+template <typename T, int D>
+inline void scale_by_weights(const T* w, int64_t u0, Reg<T>* v) {
+  if (w == nullptr) return;
+  const Reg<T> wv = Tile<T>::load_full(w + u0);
+  for (int k = 0; k < D; ++k) v[k] = Tile<T>::mul(v[k], wv);
+}
+
 // out[u][k] = w[u] sum_i A[i][k] X[i][u], stored straight into the output row (out = row + offset).
 template <typename T, int D3>
 void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* w, T* out) {
@@ -74,10 +82,7 @@ void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, in
       const Reg<T> x = Tile<T>::load_full(X + i * ld + u0);
       for (int k = 0; k < D3; ++k) acc[k] = Tile<T>::fma(Tile<T>::set1(A[(i * D3 + k) * stride]), x, acc[k]);
     }
-    if (w != nullptr) {
-      const Reg<T> wv = Tile<T>::load_full(w + u0);
-      for (int k = 0; k < D3; ++k) acc[k] = Tile<T>::mul(acc[k], wv);
-    }
+    scale_by_weights<T, D3>(w, u0, acc);
     store_rows<T, D3>(acc, out + u0 * D3);
   }
 }
@@ -89,10 +94,7 @@ void vjp_x1(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, con
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
     Reg<T> gk[D3];
     load_rows<T, D3>(g + u0 * D3, gk);
-    if (w != nullptr) {
-      const Reg<T> wv = Tile<T>::load_full(w + u0);
-      for (int k = 0; k < D3; ++k) gk[k] = Tile<T>::mul(gk[k], wv);
-    }
+    scale_by_weights<T, D3>(w, u0, gk);
     for (int32_t i = 0; i < d1; ++i) {
       Reg<T> acc = Tile<T>::load_full(gX + i * ld + u0);
       for (int k = 0; k < D3; ++k) acc = Tile<T>::fma(Tile<T>::set1(A[(i * D3 + k) * stride]), gk[k], acc);
@@ -132,10 +134,7 @@ void vjp_x2(const tp::Path<T>& p, int64_t mul, const T* X, int64_t ld, const T* 
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
     Reg<T> gk[D3];
     load_rows<T, D3>(g + u0 * D3, gk);
-    if (w != nullptr) {
-      const Reg<T> wv = Tile<T>::load_full(w + u0);
-      for (int k = 0; k < D3; ++k) gk[k] = Tile<T>::mul(gk[k], wv);
-    }
+    scale_by_weights<T, D3>(w, u0, gk);
     int32_t q = 0;
     for (int k = 0; k < D3; ++k)
       for (; q < pairs && p.pairs[q].k == k; ++q) {
