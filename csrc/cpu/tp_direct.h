@@ -1,8 +1,9 @@
 // Direct kernels for the commonest output block of NequIP and MACE message functions: written by
-// one uvu path with one x2 channel, whose channels fill whole vectors (irreps up to l = 7). For each group of channels they go from the inputs' rows to the output row in
-// registers: the output (or g) stays in e3nn's [mul][d] order in memory and its components are
-// (de)interleaved in registers, or for more than 7 components transposed in register tiles), where the general tiles of tp_tiles.h stage every block in
-// channel-major scratch (zero it, accumulate, transpose it back: as many memory passes again as
+// one uvu path with one x2 channel, whose channels fill whole vectors (irreps up to l = 7). For
+// each group of channels they go from the inputs' rows to the output row in registers: the output
+// (or g) stays in e3nn's [mul][d] order in memory and its components are interleaved in registers
+// (register transposes past 7 components), where the general tiles of tp_tiles.h stage every block
+// in channel-major scratch (zero it, accumulate, transpose it back: as many memory passes again as
 // the data itself, and the weights copied once more).
 //
 // Per element, A is the path's CG contracted with x2 (tiles::project_group: A[(i * d3 + k) * TE],
@@ -10,7 +11,6 @@
 // unweighted), all channel groups of N = vector width.
 #pragma once
 #include <cstdint>
-#include <type_traits>
 
 #include "transpose.h"
 
@@ -18,7 +18,6 @@ namespace nffk::cpu::direct {
 
 #if defined(__AVX512F__)
 inline constexpr bool kAvailable = true;
-inline constexpr int kMaxD = 15;
 
 template <typename T>
 using Tile = typename detail::TileOf<T>::type;
@@ -122,7 +121,6 @@ void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int6
   }
 }
 
-// kernel(std::integral_constant<int, d3>{}) for the block's component count (supported(d3)).
 // S[(i * d3 + k) * stride] = sum_u X[i][u] w[u] g[u][k] for the path's CG pairs (i, k), which are
 // sorted by k: partial sums per pair over the channel groups in `acc` ([pairs][N], L1), then
 // reduced N pairs at a time by a register transpose.
@@ -156,28 +154,20 @@ void vjp_x2(const tp::Path<T>& p, int64_t mul, const T* X, int64_t ld, const T* 
   }
 }
 
-inline bool supported(int32_t d3) { return (d3 >= 1 && d3 <= 7) || (d3 <= kMaxD && d3 % 2 == 1); }
-
-template <typename Kernel>
-void with_components(int32_t d3, Kernel&& kernel) {
-  switch (d3) {
-    case 1: kernel(std::integral_constant<int, 1>{}); break;
-    case 2: kernel(std::integral_constant<int, 2>{}); break;
-    case 3: kernel(std::integral_constant<int, 3>{}); break;
-    case 4: kernel(std::integral_constant<int, 4>{}); break;
-    case 5: kernel(std::integral_constant<int, 5>{}); break;
-    case 6: kernel(std::integral_constant<int, 6>{}); break;
-    case 7: kernel(std::integral_constant<int, 7>{}); break;
-    case 9: kernel(std::integral_constant<int, 9>{}); break;
-    case 11: kernel(std::integral_constant<int, 11>{}); break;
-    case 13: kernel(std::integral_constant<int, 13>{}); break;
-    case 15: kernel(std::integral_constant<int, 15>{}); break;
-    default: break;
-  }
-}
 #else
+// Without AVX-512 no block is direct (kAvailable): the kernels are declared for the call sites in
+// tp_tiles.h, which discard them at compile time, and never defined.
 inline constexpr bool kAvailable = false;
-inline bool supported(int32_t) { return false; }
+template <typename T, int D3>
+void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* w, T* out);
+template <typename T, int D3>
+void vjp_x1(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, const T* w, T* gX, int64_t ld);
+template <typename T, int D3>
+void vjp_x2(const tp::Path<T>& p, int64_t mul, const T* X, int64_t ld, const T* g, const T* w, T* acc, T* S,
+            int64_t stride);
+template <typename T, int D3>
+void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* g, T* gw,
+           bool accumulate);
 #endif
 
 }  // namespace nffk::cpu::direct

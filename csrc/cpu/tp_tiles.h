@@ -223,7 +223,7 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
   for (size_t b = 0; b + 1 < prog.group_begin.size(); ++b) {
     const tp::Path<T>& p = prog.paths[prog.group_begin[b]];
     prog.direct.push_back(direct::kAvailable && prog.group_begin[b + 1] - prog.group_begin[b] == 1 &&
-                          p.mode == tp::kUVU && p.mul2 == 1 && p.mul1 % lanes == 0 && direct::supported(p.d3));
+                          p.mode == tp::kUVU && p.mul2 == 1 && p.mul1 % lanes == 0 && has_component_kernels(p.d3));
   }
   // Projections of one output block's paths for a tile: the largest group decides.
   for (size_t b = 0; b + 1 < prog.group_begin.size(); ++b) {
@@ -452,91 +452,29 @@ struct StoreRows {
   }
 };
 
-// The direct kernels (tp_direct.h) on output block b of every element of the tile, if it is one
-// of theirs; false otherwise.
-template <typename T>
-bool forward_direct(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, size_t b) {
-#if defined(__AVX512F__)
-  if (!prog.direct[b]) return false;
-  const int32_t n = prog.group_begin[b];
-  const tp::Path<T>& p = prog.paths[n];
-  const Block& xb = prog.x1_blocks[prog.path_x1[n]];
-  direct::with_components(p.d3, [&](auto d3) {
-    for (int64_t e = 0; e < io.count; ++e) {
-      const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
-      const T* w = p.has_weight ? io.w[e] + p.weight_offset : nullptr;
-      direct::forward<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, kLanes<T>, xc, xb.ld, w, io.out[e] + p.offset_out);
-    }
-  });
-  return true;
-#else
-  return false;
-#endif
+// If the direct kernels (tp_direct.h) take output block b: kernel(d3, path, x1 block, e) for every
+// element e of the tile (d3 an integral_constant) and true; else false. reads_g_rows: the kernel
+// reads g from its rows, which the convolution hands over channel-major instead (not theirs).
+template <typename T, typename Kernel>
+bool run_direct(const Program<T>& prog, const TileIO<T>& io, size_t b, bool reads_g_rows, Kernel&& kernel) {
+  if constexpr (!direct::kAvailable) {
+    return false;
+  } else {
+    if (!prog.direct[b] || (reads_g_rows && io.g_channel_major)) return false;
+    const int32_t n = prog.group_begin[b];
+    const tp::Path<T>& p = prog.paths[n];
+    const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+    with_components(p.d3, [&](auto d3) {
+      for (int64_t e = 0; e < io.count; ++e) kernel(d3, p, xb, e);
+    });
+    return true;
+  }
 }
 
+// Element e's weights of a path of one x2 channel (nullptr: unweighted).
 template <typename T>
-bool vjp_x1_direct(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, size_t b) {
-#if defined(__AVX512F__)
-  if (!prog.direct[b] || io.g_channel_major) return false;
-  const int32_t n = prog.group_begin[b];
-  const tp::Path<T>& p = prog.paths[n];
-  const Block& xb = prog.x1_blocks[prog.path_x1[n]];
-  direct::with_components(p.d3, [&](auto d3) {
-    for (int64_t e = 0; e < io.count; ++e) {
-      const T* w = p.has_weight ? io.w[e] + p.weight_offset : nullptr;
-      direct::vjp_x1<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, kLanes<T>, io.g[e] + p.offset_out, w,
-                            s.gx1c + e * prog.x1_scratch + xb.slot, xb.ld);
-    }
-  });
-  return true;
-#else
-  return false;
-#endif
-}
-
-template <typename T>
-bool vjp_x2_direct(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, size_t b) {
-#if defined(__AVX512F__)
-  if (!prog.direct[b] || io.g_channel_major) return false;
-  const int32_t n = prog.group_begin[b];
-  const tp::Path<T>& p = prog.paths[n];
-  // Measured: for more than 7 components (dozens of CG pairs) the grouped dots of the general
-  // tile are faster (high-order config: 20.6 vs 22.4 ms).
-  if (p.d3 > 7) return false;
-  const Block& xb = prog.x1_blocks[prog.path_x1[n]];
-  direct::with_components(p.d3, [&](auto d3) {
-    for (int64_t e = 0; e < io.count; ++e) {
-      const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
-      const T* w = p.has_weight ? io.w[e] + p.weight_offset : nullptr;
-      direct::vjp_x2<T, decltype(d3)::value>(p, p.mul1, xc, xb.ld, io.g[e] + p.offset_out, w, s.pair_sums,
-                                             s.A + e, kLanes<T>);
-    }
-  });
-  return true;
-#else
-  return false;
-#endif
-}
-
-template <typename T>
-bool vjp_w_direct(const Program<T>& prog, const TileIO<T>& io, bool accumulate, TPScratch<T>& s, size_t b) {
-#if defined(__AVX512F__)
-  if (!prog.direct[b] || io.g_channel_major) return false;
-  const int32_t n = prog.group_begin[b];
-  const tp::Path<T>& p = prog.paths[n];
-  if (!p.has_weight) return true;  // nothing to write
-  const Block& xb = prog.x1_blocks[prog.path_x1[n]];
-  direct::with_components(p.d3, [&](auto d3) {
-    for (int64_t e = 0; e < io.count; ++e) {
-      const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
-      direct::vjp_w<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, kLanes<T>, xc, xb.ld, io.g[e] + p.offset_out,
-                           io.out[e] + p.weight_offset, accumulate);
-    }
-  });
-  return true;
-#else
-  return false;
-#endif
+const T* path_weights(const tp::Path<T>& p, const TileIO<T>& io, int64_t e) {
+  return p.has_weight ? io.w[e] + p.weight_offset : nullptr;
 }
 
 template <typename T, typename Sink>
@@ -547,8 +485,14 @@ void forward_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, 
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];
     project_group(prog, b, s.x2t, s.A);
+    // (Not for the convolution's sink, which sums the edges of a receiver.)
     if constexpr (std::is_same_v<Sink, StoreRows<T>>) {
-      if (forward_direct(prog, io, s, b)) continue;
+      const bool done = run_direct(prog, io, b, false, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
+        const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
+        direct::forward<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, TE, xc, xb.ld, path_weights(p, io, e),
+                                                io.out[e] + p.offset_out);
+      });
+      if (done) continue;
     }
     for (int64_t e = 0; e < io.count; ++e) {
       const T* w = io.w[e];
@@ -587,7 +531,11 @@ void vjp_x1_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];
     project_group(prog, b, s.x2t, s.A);
-    if (vjp_x1_direct(prog, io, s, b)) continue;
+    const bool done = run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
+      direct::vjp_x1<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, TE, io.g[e] + p.offset_out, path_weights(p, io, e),
+                                             s.gx1c + e * prog.x1_scratch + xb.slot, xb.ld);
+    });
+    if (done) continue;
     for (int64_t e = 0; e < io.count; ++e) {
       const T* w = io.w[e];
       const T* gc = g_block(prog, io, b, e, s.gc);
@@ -628,9 +576,16 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];
     if (io.count < TE) std::fill(s.A, s.A + prog.tile_a_size * TE, T(0));  // lanes past the tile's end
-    if (vjp_x2_direct(prog, io, s, b)) {
-      const tp::Path<T>& p = prog.paths[prog.group_begin[b]];
-      tp::unproject_x2<T, TE>(p, s.A, s.gx2t + p.offset2 * TE);
+    // Direct up to 7 components only: past that (dozens of CG pairs) the grouped dots of the
+    // general tile were faster (high-order config: 20.6 vs 22.4 ms).
+    const tp::Path<T>& first = prog.paths[prog.group_begin[b]];
+    const bool done = first.d3 <= 7 && run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p,
+                                                                         const Block& xb, int64_t e) {
+      direct::vjp_x2<T, decltype(d3)::value>(p, p.mul1, x1_channel_major(prog, io, s.x1c, e) + xb.slot, xb.ld,
+                                             io.g[e] + p.offset_out, path_weights(p, io, e), s.pair_sums, s.A + e, TE);
+    });
+    if (done) {
+      tp::unproject_x2<T, TE>(first, s.A, s.gx2t + first.offset2 * TE);
       continue;
     }
     for (int64_t e = 0; e < io.count; ++e) {
@@ -679,7 +634,12 @@ void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, bool accumulate, TP
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];
     project_group(prog, b, s.x2t, s.A);
-    if (vjp_w_direct(prog, io, accumulate, s, b)) continue;
+    const bool done = run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
+      if (!p.has_weight) return;  // vjp_w's programs keep weighted paths only
+      direct::vjp_w<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, TE, x1_channel_major(prog, io, s.x1c, e) + xb.slot,
+                                            xb.ld, io.g[e] + p.offset_out, io.out[e] + p.weight_offset, accumulate);
+    });
+    if (done) continue;
     for (int64_t e = 0; e < io.count; ++e) {
       T* gw = io.out[e];
       const T* gc = g_block(prog, io, b, e, s.gc);

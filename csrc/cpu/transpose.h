@@ -15,6 +15,28 @@
 
 namespace nffk::cpu {
 
+// Component counts with compiled register kernels: 1..7 and the odd ones up to 15 (irreps up to l = 7).
+inline bool has_component_kernels(int64_t d) { return (d >= 1 && d <= 7) || (d <= 15 && d % 2 == 1); }
+
+// kernel(std::integral_constant<int, d>{}) for such a d (has_component_kernels), else nothing.
+template <typename Kernel>
+void with_components(int64_t d, Kernel&& kernel) {
+  switch (d) {
+    case 1: kernel(std::integral_constant<int, 1>{}); break;
+    case 2: kernel(std::integral_constant<int, 2>{}); break;
+    case 3: kernel(std::integral_constant<int, 3>{}); break;
+    case 4: kernel(std::integral_constant<int, 4>{}); break;
+    case 5: kernel(std::integral_constant<int, 5>{}); break;
+    case 6: kernel(std::integral_constant<int, 6>{}); break;
+    case 7: kernel(std::integral_constant<int, 7>{}); break;
+    case 9: kernel(std::integral_constant<int, 9>{}); break;
+    case 11: kernel(std::integral_constant<int, 11>{}); break;
+    case 13: kernel(std::integral_constant<int, 13>{}); break;
+    case 15: kernel(std::integral_constant<int, 15>{}); break;
+    default: break;
+  }
+}
+
 #if defined(__AVX512F__)
 namespace detail {
 
@@ -211,30 +233,26 @@ int64_t from_channel_major_small(const T* src, int64_t ld, int64_t mul, T* dst) 
 // The whole groups of N channels of a block with few components (the rest: register tiles).
 template <typename T>
 int64_t to_channel_major_groups(const T* src, int64_t mul, int64_t d, T* dst, int64_t ld) {
-  switch (d) {
-    case 1: std::copy(src, src + mul, dst); return mul;
-    case 2: return to_channel_major_small<T, 2>(src, mul, dst, ld);
-    case 3: return to_channel_major_small<T, 3>(src, mul, dst, ld);
-    case 4: return to_channel_major_small<T, 4>(src, mul, dst, ld);
-    case 5: return to_channel_major_small<T, 5>(src, mul, dst, ld);
-    case 6: return to_channel_major_small<T, 6>(src, mul, dst, ld);
-    case 7: return to_channel_major_small<T, 7>(src, mul, dst, ld);
-    default: return 0;
+  if (d == 1) {
+    std::copy(src, src + mul, dst);
+    return mul;
   }
+  int64_t done = 0;
+  if (d <= 7)
+    with_components(d, [&](auto D) { done = to_channel_major_small<T, decltype(D)::value>(src, mul, dst, ld); });
+  return done;
 }
 
 template <typename T>
 int64_t from_channel_major_groups(const T* src, int64_t ld, int64_t mul, int64_t d, T* dst) {
-  switch (d) {
-    case 1: std::copy(src, src + mul, dst); return mul;
-    case 2: return from_channel_major_small<T, 2>(src, ld, mul, dst);
-    case 3: return from_channel_major_small<T, 3>(src, ld, mul, dst);
-    case 4: return from_channel_major_small<T, 4>(src, ld, mul, dst);
-    case 5: return from_channel_major_small<T, 5>(src, ld, mul, dst);
-    case 6: return from_channel_major_small<T, 6>(src, ld, mul, dst);
-    case 7: return from_channel_major_small<T, 7>(src, ld, mul, dst);
-    default: return 0;
+  if (d == 1) {
+    std::copy(src, src + mul, dst);
+    return mul;
   }
+  int64_t done = 0;
+  if (d <= 7)
+    with_components(d, [&](auto D) { done = from_channel_major_small<T, decltype(D)::value>(src, ld, mul, dst); });
+  return done;
 }
 
 }  // namespace detail
