@@ -1,10 +1,11 @@
 """Tensor products: nffk against e3nn, cuequivariance-torch and, on a GPU, OpenEquivariance.
 
-Per-element (per-edge) weights, as in NequIP/MACE message functions. Three passes: forward,
-forward+backward (gradients for the node features and the weights) and the force-training
-double backward. Work per pass counts trilinear kernels: each of the four (forward, vjp_x1,
-vjp_x2, vjp_w) reads three of (x1, x2, w, out) and writes the fourth, so each moves the same
-bytes and does about the forward's FLOPs; forward+backward is 3 of them, double backward 6.
+Per-element (per-edge) weights, as in NequIP/MACE message functions. Four passes: forward,
+forward+backward (gradients for the node features and the weights), the same from a given output
+gradient, and the force-training double backward. Work per pass counts trilinear kernels: each of
+the four (forward, vjp_x1, vjp_x2, vjp_w) reads three of (x1, x2, w, out) and writes the fourth,
+so each moves the same bytes and does about the forward's FLOPs; forward+backward is 3 of them,
+double backward 6.
 
 forward+backward and double backward put a loss on the output (`out.pow(2).sum()`), whose torch
 ops cost the same whoever computed `out` (for high-order at E = 200: ~80 ms, more than nffk's three
