@@ -93,21 +93,30 @@ def test_backward_and_force_pattern_through_the_public_op(seeded):
     """Autograd through tensor_product(..., backend="cpu"): gradients of every input, and the
     force-training pattern (gradient w.r.t. x2 with create_graph, a loss on it, backward)."""
     for config in random_configs(seeded, 6):
-        plan = make_plan(config)
-        shared = bool(torch.randint(2, (), generator=seeded))
-        inputs = [torch.randn(7, d, dtype=torch.float64, generator=seeded) for d in (plan.dim_in1, plan.dim_in2)]
-        inputs.append(torch.randn(*(() if shared else (7,)), plan.weight_numel, dtype=torch.float64, generator=seeded))
-        results = {}
-        for backend in ("reference", "cpu"):
-            x1, x2, w = (t.clone().requires_grad_() for t in inputs)
-            with poisoned_outputs():
-                energy = tensor_product(x1, x2, w, plan, backend=backend).pow(2).sum()
-                (force,) = torch.autograd.grad(energy, x2, create_graph=True)
-                loss = force.pow(2).sum() + energy
-                loss.backward()
-            results[backend] = [energy.detach(), force.detach(), x1.grad, x2.grad, w.grad]
-        for a, b in zip(results["cpu"], results["reference"]):
-            assert relative_error(a, b) <= 1e-11, config
+        check_force_pattern(make_plan(config), seeded, config)
+
+
+def test_direct_kernels_through_the_force_pattern(seeded):
+    for irreps1, irreps2, irreps_out, instructions in DIRECT_PLANS:
+        check_force_pattern(TensorProductPlan(irreps1, irreps2, irreps_out, instructions), seeded, irreps_out)
+
+
+def check_force_pattern(plan, seeded, config):
+    """Energy, force, and every input gradient of the force-training pattern, cpu against reference."""
+    shared = bool(torch.randint(2, (), generator=seeded))
+    inputs = [torch.randn(7, d, dtype=torch.float64, generator=seeded) for d in (plan.dim_in1, plan.dim_in2)]
+    inputs.append(torch.randn(*(() if shared else (7,)), plan.weight_numel, dtype=torch.float64, generator=seeded))
+    results = {}
+    for backend in ("reference", "cpu"):
+        x1, x2, w = (t.clone().requires_grad_() for t in inputs)
+        with poisoned_outputs():
+            energy = tensor_product(x1, x2, w, plan, backend=backend).pow(2).sum()
+            (force,) = torch.autograd.grad(energy, x2, create_graph=True)
+            loss = force.pow(2).sum() + energy
+            loss.backward()
+        results[backend] = [energy.detach(), force.detach(), x1.grad, x2.grad, w.grad]
+    for a, b in zip(results["cpu"], results["reference"]):
+        assert relative_error(a, b) <= 1e-11, config
 
 
 @pytest.mark.parametrize("shared", [False, True])
