@@ -239,49 +239,64 @@ NFFK_HD void weight_rows(int32_t rows, const T* w, const T* g, T* out, int64_t l
 // uvw: channel mixing. z[v][k][u] (ld1) from cg_contract per v; weights W[u][v][w] (w fastest);
 // output blocks channel-major [d3][ld3] over the output channel w.
 // ---------------------------------------------------------------------------------------------
-// out[k][w] += sum_{u, v} z[v][k][u] W[u][v][w] for rows k0 <= k < k0 + RB and the CH output channels
-// from w0 (`count` <= CH of them valid: the tail of a weight row is not read past its end).
-template <typename T, int CH, int RB>
+// out[k][w] += sum_{u, v} z[v][k][u] W[u][v][w] for rows k0 <= k < k0 + RB and the NC * CH output
+// channels from w0 (those past Wo are not read: the tail of a weight row is masked). Each weight
+// row's chunks are read together, so the per-element weights (most of a uvw kernel's bytes)
+// stream through once in memory order.
+template <typename T, int CH, int RB, int NC>
 NFFK_HD void uvw_forward_block(const Path<T>& p, const T* z, int64_t ld1, const T* W, T* out, int64_t ld3,
-                               int32_t k0, int64_t w0, int64_t count) {
+                               int32_t k0, int64_t w0) {
+  constexpr int C = NC * CH;
   const int64_t V = p.mul2, Wo = p.mul_out, d3 = p.d3;
-  T acc[RB][CH];
+  const int64_t count = Wo - w0 < C ? Wo - w0 : C;
+  T acc[RB][C];
   for (int b = 0; b < RB; ++b) {
-    NFFK_SIMD for (int c = 0; c < CH; ++c) acc[b][c] = T(0);
+    NFFK_SIMD for (int c = 0; c < C; ++c) acc[b][c] = T(0);
   }
   for (int64_t u = 0; u < p.mul1; ++u)
     for (int64_t v = 0; v < V; ++v) {
       const T* wr = W + (u * V + v) * Wo + w0;
-      T wv[CH];
-      if (count == CH) {
-        NFFK_SIMD for (int c = 0; c < CH; ++c) wv[c] = wr[c];
+      T wv[C];
+      if (count == C) {
+        NFFK_SIMD for (int c = 0; c < C; ++c) wv[c] = wr[c];
       } else {
-        for (int c = 0; c < CH; ++c) wv[c] = c < count ? wr[c] : T(0);
+        NFFK_SIMD for (int c = 0; c < C; ++c) wv[c] = c < count ? wr[c] : T(0);
       }
       for (int b = 0; b < RB; ++b) {
         const T zk = z[(v * d3 + k0 + b) * ld1 + u];
-        NFFK_SIMD for (int c = 0; c < CH; ++c) acc[b][c] += zk * wv[c];
+        NFFK_SIMD for (int c = 0; c < C; ++c) acc[b][c] += zk * wv[c];
       }
     }
   for (int b = 0; b < RB; ++b) {
     T* o = out + (k0 + b) * ld3 + w0;
-    NFFK_SIMD for (int c = 0; c < CH; ++c) o[c] += acc[b][c];
+    NFFK_SIMD for (int c = 0; c < C; ++c) o[c] += acc[b][c];
+  }
+}
+
+// Rows k0 .. k0 + RB of uvw_forward, the output channels in groups of up to 4 chunks.
+template <typename T, int CH, int RB>
+NFFK_HD void uvw_forward_rows(const Path<T>& p, const T* z, int64_t ld1, const T* W, T* out, int64_t ld3,
+                              int32_t k0) {
+  for (int64_t w0 = 0; w0 < p.mul_out; w0 += 4 * CH) {
+    switch ((p.mul_out - w0 + CH - 1) / CH) {
+      case 1: uvw_forward_block<T, CH, RB, 1>(p, z, ld1, W, out, ld3, k0, w0); break;
+      case 2: uvw_forward_block<T, CH, RB, 2>(p, z, ld1, W, out, ld3, k0, w0); break;
+      case 3: uvw_forward_block<T, CH, RB, 3>(p, z, ld1, W, out, ld3, k0, w0); break;
+      default: uvw_forward_block<T, CH, RB, 4>(p, z, ld1, W, out, ld3, k0, w0); break;
+    }
   }
 }
 
 // out[k][w] += sum_{u, v} z[v][k][u] W[u][v][w]   (z: [V][d3][ld1]; out: [d3][ld3], ld3 >= round_up(Wo, CH))
 template <typename T, int CH>
 NFFK_HD void uvw_forward(const Path<T>& p, const T* z, int64_t ld1, const T* W, T* out, int64_t ld3) {
-  for (int64_t w0 = 0; w0 < p.mul_out; w0 += CH) {
-    const int64_t count = p.mul_out - w0 < CH ? p.mul_out - w0 : CH;
-    int32_t k = 0;
-    for (; k + 4 <= p.d3; k += 4) uvw_forward_block<T, CH, 4>(p, z, ld1, W, out, ld3, k, w0, count);
-    switch (p.d3 - k) {
-      case 3: uvw_forward_block<T, CH, 3>(p, z, ld1, W, out, ld3, k, w0, count); break;
-      case 2: uvw_forward_block<T, CH, 2>(p, z, ld1, W, out, ld3, k, w0, count); break;
-      case 1: uvw_forward_block<T, CH, 1>(p, z, ld1, W, out, ld3, k, w0, count); break;
-      default: break;
-    }
+  int32_t k = 0;
+  for (; k + 4 <= p.d3; k += 4) uvw_forward_rows<T, CH, 4>(p, z, ld1, W, out, ld3, k);
+  switch (p.d3 - k) {
+    case 3: uvw_forward_rows<T, CH, 3>(p, z, ld1, W, out, ld3, k); break;
+    case 2: uvw_forward_rows<T, CH, 2>(p, z, ld1, W, out, ld3, k); break;
+    case 1: uvw_forward_rows<T, CH, 1>(p, z, ld1, W, out, ld3, k); break;
+    default: break;
   }
 }
 
