@@ -336,7 +336,13 @@ NFFK_HD void uvw_weight_grad(const Path<T>& p, const T* z, int64_t ld1, const T*
           NFFK_SIMD for (int c = 0; c < CH; ++c) acc[c] += zk * gr[c];
         }
         const int64_t count = Wo - w0 < CH ? Wo - w0 : CH;
-        if (accumulate) {
+        if (count == CH) {  // a fixed trip count: vector stores (GCC made the general loop a `rep movs`)
+          if (accumulate) {
+            NFFK_SIMD for (int c = 0; c < CH; ++c) o[w0 + c] += acc[c];
+          } else {
+            NFFK_SIMD for (int c = 0; c < CH; ++c) o[w0 + c] = acc[c];
+          }
+        } else if (accumulate) {
           for (int64_t c = 0; c < count; ++c) o[w0 + c] += acc[c];
         } else {
           for (int64_t c = 0; c < count; ++c) o[w0 + c] = acc[c];
