@@ -13,15 +13,13 @@
 #include "nffk/spherical_harmonics.h"
 #include "ops.h"
 #include "scratch.h"
+#include "streaming.h"
 #include "transpose.h"
 
 namespace nffk::cpu {
 namespace {
 
 constexpr double kNormalizeEps = 1e-12;  // torch.nn.functional.normalize's
-// Outputs at least this large are written with non-temporal stores (larger than the caches a
-// consumer could still find them in).
-constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
 // Everything a call needs, checked once: requested degrees, their output offsets and scales,
 // and the coefficient tables converted to the compute type.
@@ -165,34 +163,6 @@ void store3(const T* lanes, int64_t count, T* rows) {
     for (int a = 0; a < 3; ++a) rows[n * 3 + a] = lanes[a * B + n];
 }
 
-// rows[0, size) = staged[0, size) (size a whole number of 64-byte vectors); with `stream`, and rows
-// 64-byte aligned, by non-temporal stores: an output larger than the caches is then written
-// without first being read into them (about half the memory traffic). Callers end with
-// stream_fence().
-template <typename T>
-inline void copy_block(const T* staged, int64_t size, T* rows, bool stream) {
-#if defined(__AVX512F__)
-  if (stream && reinterpret_cast<uintptr_t>(rows) % 64 == 0) {
-    constexpr int N = 64 / sizeof(T);
-    for (int64_t n = 0; n < size; n += N) {
-      if constexpr (sizeof(T) == 4)
-        _mm512_stream_ps(reinterpret_cast<float*>(rows + n), _mm512_load_ps(reinterpret_cast<const float*>(staged + n)));
-      else
-        _mm512_stream_pd(reinterpret_cast<double*>(rows + n), _mm512_load_pd(reinterpret_cast<const double*>(staged + n)));
-    }
-    return;
-  }
-#endif
-  (void)stream;
-  NFFK_SIMD for (int64_t n = 0; n < size; ++n) rows[n] = staged[n];
-}
-
-inline void stream_fence() {
-#if defined(__AVX512F__)
-  _mm_sfence();
-#endif
-}
-
 // cols[c] = scale * P[t(c)] for the requested degrees, then rows [count][dim]. When the degrees
 // are 0..lmax the columns are P itself (scaled in place, if at all): no gather copy.
 template <typename T>
@@ -224,7 +194,7 @@ void store_values(const SHPlan<T>& plan, T* P, T* cols, T* staged, int64_t count
   // A full block's rows are one contiguous run of B * dim numbers: transpose into L1 scratch
   // (the tile transpose's row stores are masked and unaligned), then copy with whole-vector stores.
   from_channel_major(cols, B, B, plan.dim, staged);
-  copy_block(staged, int64_t(B) * plan.dim, rows, stream);
+  copy_out(staged, int64_t(B) * plan.dim, rows, stream);
 }
 
 // gP[t] = sum over requested degrees of scale * grad[c(t)] (rows [count][dim] -> lanes).
@@ -320,7 +290,7 @@ void values_rows(const SHPlan<float>& plan, bool normalize, const float* px, int
       for (int n = 0; n < count; ++n) _mm512_mask_storeu_ps(rows + n * kCount, row_mask, r[n]);
     } else if (stream) {  // rows through L1, then non-temporal whole-vector stores
       for (int n = 0; n < B; ++n) _mm512_mask_storeu_ps(staged + n * kCount, row_mask, r[n]);
-      copy_block(staged, B * kCount, rows, true);
+      copy_out(staged, B * kCount, rows, true);
     } else if (kCount == B) {
       for (int n = 0; n < B; ++n) _mm512_storeu_ps(rows + n * B, r[n]);
     } else {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "scratch.h"
+#include "streaming.h"
 #include "tp_direct.h"
 #include "transpose.h"
 #include "nffk/tensor_product.h"
@@ -243,14 +244,18 @@ template <typename T>
 struct TPScratch {
   static constexpr int TE = kLanes<T>;
   AlignedBuffer<T> memory;
-  T *x1c, *gx1c, *x2t, *gx2t, *A, *outc, *gc, *rows, *z, *wv, *gwv, *pair_sums;
+  T *x1c, *gx1c, *x2t, *gx2t, *A, *outc, *gc, *rows, *z, *wv, *gwv, *pair_sums, *stage;
   TPScratch(const Program<T>& prog, Kernel kernel, int64_t dim2) {
     const bool x1_grad = kernel == Kernel::kVjpX1;
+    int64_t weight_block = 0;  // the largest path's weights (vjp_w stages them before streaming)
+    for (const tp::Path<T>& p : prog.paths)
+      weight_block = std::max<int64_t>(weight_block, int64_t(p.mul1) * p.mul2 * (p.mode == tp::kUVW ? p.mul_out : 1));
     const int64_t sizes[] = {x1_grad ? 0 : TE * prog.x1_scratch, x1_grad ? TE * prog.x1_scratch : 0, TE * dim2,
                              TE * dim2, TE * prog.tile_a_size, prog.out_scratch, prog.out_scratch, prog.rows_size,
                              prog.z_size, prog.max_ld, prog.max_ld,
-                             kernel == Kernel::kVjpX2 ? TE * prog.max_pairs : 0};
-    T** slots[] = {&x1c, &gx1c, &x2t, &gx2t, &A, &outc, &gc, &rows, &z, &wv, &gwv, &pair_sums};
+                             kernel == Kernel::kVjpX2 ? TE * prog.max_pairs : 0,
+                             kernel == Kernel::kVjpW ? weight_block : 0};
+    T** slots[] = {&x1c, &gx1c, &x2t, &gx2t, &A, &outc, &gc, &rows, &z, &wv, &gwv, &pair_sums, &stage};
     int64_t total = 0;
     for (int64_t size : sizes) total += round_up(size, kLanes<T>);
     memory.allocate(total);
@@ -314,6 +319,32 @@ void uvw_forward_block(const tp::Path<T>& p, const T* z, int64_t ld1, const T* W
     }
 }
 
+// gW[u][v][w] (+)= sum_k z[v][k][u] g[k][w] for the NC vectors of output channels from w0 (the
+// last masked at Wo), accumulators in registers (GCC kept the portable loop's on the stack).
+template <typename T, int NC>
+void uvw_weight_grad_block(const tp::Path<T>& p, const T* z, int64_t ld1, const T* g, int64_t ld3, T* gW,
+                           bool accumulate, int64_t w0) {
+  using Tile = typename detail::TileOf<T>::type;
+  constexpr int N = Tile::N;
+  const int64_t V = p.mul2, Wo = p.mul_out, d3 = p.d3;
+  const int last = static_cast<int>(std::min<int64_t>(Wo - w0 - (NC - 1) * N, N));
+  for (int64_t v = 0; v < V; ++v)
+    for (int64_t u = 0; u < p.mul1; ++u) {
+      typename Tile::Reg acc[NC];
+      for (int c = 0; c < NC; ++c) acc[c] = Tile::zero();
+      for (int64_t k = 0; k < d3; ++k) {
+        const typename Tile::Reg zk = Tile::set1(z[(v * d3 + k) * ld1 + u]);
+        for (int c = 0; c < NC; ++c) acc[c] = Tile::fma(zk, Tile::load_full(g + k * ld3 + w0 + c * N), acc[c]);
+      }
+      T* o = gW + (u * V + v) * Wo + w0;
+      for (int c = 0; c < NC; ++c) {
+        const int count = c + 1 < NC ? N : last;
+        if (accumulate) acc[c] = Tile::add(acc[c], Tile::load(o + c * N, count));
+        Tile::store(o + c * N, acc[c], count);
+      }
+    }
+}
+
 template <typename T, int RB>
 void uvw_forward_rows(const tp::Path<T>& p, const T* z, int64_t ld1, const T* W, T* out, int64_t ld3, int32_t k0) {
   constexpr int N = kLanes<T>;
@@ -342,6 +373,24 @@ void uvw_forward(const tp::Path<T>& p, const T* z, int64_t ld1, const T* W, T* o
   }
 #else
   tp::uvw_forward<T, kLanes<T>>(p, z, ld1, W, out, ld3);
+#endif
+}
+
+// gW[u][v][w] (+)= sum_k z[v][k][u] g[k][w] (z: [V][d3][ld1]; g: [d3][ld3], padded to whole vectors).
+template <typename T>
+void uvw_weight_grad(const tp::Path<T>& p, const T* z, int64_t ld1, const T* g, int64_t ld3, T* gW, bool accumulate) {
+#if defined(__AVX512F__)
+  constexpr int N = kLanes<T>;
+  for (int64_t w0 = 0; w0 < p.mul_out; w0 += 4 * N) {
+    switch ((p.mul_out - w0 + N - 1) / N) {
+      case 1: uvw_weight_grad_block<T, 1>(p, z, ld1, g, ld3, gW, accumulate, w0); break;
+      case 2: uvw_weight_grad_block<T, 2>(p, z, ld1, g, ld3, gW, accumulate, w0); break;
+      case 3: uvw_weight_grad_block<T, 3>(p, z, ld1, g, ld3, gW, accumulate, w0); break;
+      default: uvw_weight_grad_block<T, 4>(p, z, ld1, g, ld3, gW, accumulate, w0); break;
+    }
+  }
+#else
+  tp::uvw_weight_grad<T, kLanes<T>>(p, z, ld1, g, ld3, gW, accumulate);
 #endif
 }
 
@@ -693,25 +742,38 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
     for (int64_t j = 0; j < io.dim2; ++j) io.out[e][j] = s.gx2t[j * TE + e];
 }
 
-// gw (+)= dF/dw^T g; accumulate: add element e's gradient into io.out[e] (shared weights: one row).
+// How vjp_w_tile writes element e's weight gradient into io.out[e]: plain stores, added to what
+// is there (shared weights: one row for many elements), or staged per path and streamed out
+// (per-element gradients larger than the caches; see streaming.h).
+enum class WeightStore { kWrite, kAdd, kStream };
+
+// gw = dF/dw^T g (or gw += it, see WeightStore).
 template <typename T>
-void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, bool accumulate, TPScratch<T>& s) {
+void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, WeightStore store, TPScratch<T>& s) {
   constexpr int TE = kLanes<T>;
+  const bool accumulate = store == WeightStore::kAdd, stream = store == WeightStore::kStream;
   load_x1(prog, io, s.x1c);
   load_x2(io, s.x2t);
   if (!accumulate)
     for (int64_t e = 0; e < io.count; ++e) fill_gaps(prog.weight_gaps, io.out[e]);
+  // Where a path's gradient goes first, and the copy that finishes it when staged.
+  auto target = [&](const tp::Path<T>& p, int64_t e) { return stream ? s.stage : io.out[e] + p.weight_offset; };
+  auto finish = [&](const tp::Path<T>& p, int64_t e) {
+    if (stream)
+      copy_out(s.stage, int64_t(p.mul1) * p.mul2 * (p.mode == tp::kUVW ? p.mul_out : 1), io.out[e] + p.weight_offset,
+               true);
+  };
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];
     project_group(prog, b, s.x2t, s.A);
     const bool done = run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
       if (!p.has_weight) return;  // vjp_w's programs keep weighted paths only
       direct::vjp_w<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, TE, x1_channel_major(prog, io, s.x1c, e) + xb.slot,
-                                            xb.ld, io.g[e] + p.offset_out, io.out[e] + p.weight_offset, accumulate);
+                                            xb.ld, io.g[e] + p.offset_out, target(p, e), accumulate);
+      finish(p, e);
     });
     if (done) continue;
     for (int64_t e = 0; e < io.count; ++e) {
-      T* gw = io.out[e];
       const T* gc = g_block(prog, io, b, e, s.gc);
       const T* A = s.A + e;
       for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
@@ -719,7 +781,7 @@ void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, bool accumulate, TP
         const Block& xb = prog.x1_blocks[prog.path_x1[n]];
         const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
         const int64_t ld = xb.ld;
-        T* block = gw + p.weight_offset;
+        T* block = target(p, e);
         for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE) {
           if (p.mode == tp::kUVU && p.mul2 == 1 && p.mul1 == ld && !accumulate) {
             // No padding to drop and no stride: straight into the row with vector stores.
@@ -737,7 +799,8 @@ void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, bool accumulate, TP
             gemm(p.d3, p.d1, A, TE, int64_t(p.d3) * TE, xc, z, ld);
           }
         }
-        if (p.mode == tp::kUVW) tp::uvw_weight_grad<T, kLanes<T>>(p, s.z, ld, gc, ob.ld, block, accumulate);
+        if (p.mode == tp::kUVW) uvw_weight_grad(p, s.z, ld, gc, ob.ld, block, accumulate);
+        finish(p, e);
       }
     }
   }
@@ -799,7 +862,7 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
       for (int64_t b = begin; b < end; ++b) {
         const Rows<T> acc{partial.data() + b * weight_numel, 0, nullptr};
         for (int64_t e0 = b * block; e0 < std::min(batch, (b + 1) * block); e0 += TE)
-          vjp_w_tile(prog, tile_at(e0, std::min<int64_t>(TE, batch - e0), acc), true, s);
+          vjp_w_tile(prog, tile_at(e0, std::min<int64_t>(TE, batch - e0), acc), WeightStore::kAdd, s);
       }
     });
     at::parallel_for(0, weight_numel, 1024, [&](int64_t begin, int64_t end) {
@@ -817,6 +880,8 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
   const int64_t tile_bytes = int64_t(sizeof(T)) * TE * (dim1 + dim2 + dim_out + wstride);
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(tile_bytes, 1));
   const Rows<T> out_rows{po, out_stride, nullptr};
+  // Per-element weight gradients as large as fully-connected's (28 MB at E = 1,000) are streamed.
+  const bool stream = kernel == Kernel::kVjpW && out.numel() * int64_t(sizeof(T)) >= kStreamBytes;
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
     TPScratch<T> s(prog, kernel, dim2);
     for (int64_t t = begin; t < end; ++t) {
@@ -842,7 +907,7 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
         prefetch_bytes(rows->row(e0 + TE), bytes);
         budget -= bytes;
       }
-      if (out_stride > 0 && next > 0 && next * out_stride * int64_t(sizeof(T)) <= budget)
+      if (out_stride > 0 && !stream && next > 0 && next * out_stride * int64_t(sizeof(T)) <= budget)
         prefetch_bytes_for_write(po + (e0 + TE) * out_stride, next * out_stride * int64_t(sizeof(T)));
       const TileIO<T> io = tile_at(e0, count, out_rows);
       switch (kernel) {
@@ -857,9 +922,10 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
           for (int64_t e = 0; e < count; ++e) store_x1_row(prog, s.gx1c + e * prog.x1_scratch, io.out[e]);
           break;
         case Kernel::kVjpX2: vjp_x2_tile(prog, io, s); break;
-        case Kernel::kVjpW: vjp_w_tile(prog, io, false, s); break;
+        case Kernel::kVjpW: vjp_w_tile(prog, io, stream ? WeightStore::kStream : WeightStore::kWrite, s); break;
       }
     }
+    if (stream) stream_fence();
   });
 }
 

@@ -238,8 +238,10 @@ int64_t to_channel_major_groups(const T* src, int64_t mul, int64_t d, T* dst, in
     return mul;
   }
   int64_t done = 0;
-  if (d <= 7)
-    with_components(d, [&](auto D) { done = to_channel_major_small<T, decltype(D)::value>(src, mul, dst, ld); });
+  if (d <= 7)  // (the dispatcher also instantiates d = 9..15, which these kernels do not handle)
+    with_components(d, [&](auto D) {
+      if constexpr (decltype(D)::value <= 7) done = to_channel_major_small<T, decltype(D)::value>(src, mul, dst, ld);
+    });
   return done;
 }
 
@@ -250,8 +252,10 @@ int64_t from_channel_major_groups(const T* src, int64_t ld, int64_t mul, int64_t
     return mul;
   }
   int64_t done = 0;
-  if (d <= 7)
-    with_components(d, [&](auto D) { done = from_channel_major_small<T, decltype(D)::value>(src, ld, mul, dst); });
+  if (d <= 7)  // (the dispatcher also instantiates d = 9..15, which these kernels do not handle)
+    with_components(d, [&](auto D) {
+      if constexpr (decltype(D)::value <= 7) done = from_channel_major_small<T, decltype(D)::value>(src, ld, mul, dst);
+    });
   return done;
 }
 

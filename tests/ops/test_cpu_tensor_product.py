@@ -89,6 +89,20 @@ def test_direct_kernels_match_the_reference(dtype, shared, seeded):
             compare_every_kernel(plan, dtype, shared, batch, seeded, (irreps1, irreps2, irreps_out))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_streamed_weight_gradients_match_the_reference(dtype, seeded):
+    # Per-element weight gradients of 16 MiB and more are staged per path and written by streaming
+    # stores (csrc/cpu/streaming.h): uvw rows of 11 and 48 channels (masked lanes, rows at every
+    # alignment), a direct uvu block, a uvu path with two x2 channels, an unweighted path.
+    instructions = [(0, 0, 0, "uvw", True), (0, 2, 1, "uvw", True), (1, 0, 1, "uvw", True), (1, 2, 0, "uvw", True),
+                    (2, 1, 2, "uvu", True), (2, 2, 3, "uvu", True), (2, 0, 2, "uvu", True), (1, 1, 1, "uvu", False)]
+    plan = TensorProductPlan("48x0e+11x1o+16x1e", "2x0e+1e+1o", "48x0e+11x1o+16x1e+16x1o", instructions)
+    size = torch.empty((), dtype=dtype).element_size()
+    batch = (16 << 20) // (plan.weight_numel * size) + 17
+    assert batch * plan.weight_numel * size >= 16 << 20
+    compare_every_kernel(plan, dtype, False, batch, seeded, "streamed")
+
+
 def test_backward_and_force_pattern_through_the_public_op(seeded):
     """Autograd through tensor_product(..., backend="cpu"): gradients of every input, and the
     force-training pattern (gradient w.r.t. x2 with create_graph, a loss on it, backward)."""
