@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 
 from nffk import backends
-from nffk.ops import _outputs, _plans
+from nffk.ops import _autograd, _outputs, _plans
 from nffk.ops.tensor_product import CUDA_DTYPES, cuda_program
 from nffk.ops.tensor_product import DTYPES as TP_DTYPES
 from nffk.ops.tensor_product import SUPPORTS as TP_SUPPORTS
@@ -227,26 +227,9 @@ C, CX, CS, CW = (torch.ops.nffk.conv_forward, torch.ops.nffk.conv_vjp_x, torch.o
 _NONE_FOR_GRAPH_AND_FLAGS = (None,) * 8
 
 
-def _wanted(ctx) -> tuple:
-    """Which of the inputs' gradients this backward must produce: those that require grad *and*
-    that the running backward will use. `torch.autograd.grad(energy, positions)` (forces) needs no
-    gradient of the weights or node features that are leaves or do not depend on the positions;
-    built-in ops skip those, and so do we (each skipped gradient is a whole conv kernel)."""
-    wanted = []
-    for need, (node, _) in zip(ctx.needs_input_grad, ctx.next_functions):
-        if not need or node is None:
-            wanted.append(bool(need))
-            continue
-        try:
-            wanted.append(torch._C._will_engine_execute_node(node))
-        except (RuntimeError, AttributeError):  # e.g. a leaf that autograd.grad asks for: needed
-            wanted.append(True)
-    return tuple(wanted)
-
-
 def _unpack(ctx):
     saved = ctx.saved_tensors
-    return saved[:3], tuple(saved[3:]), ctx.plan_id, ctx.backend, ctx.flag, _wanted(ctx)
+    return saved[:3], tuple(saved[3:]), ctx.plan_id, ctx.backend, ctx.flag, _autograd.wanted(ctx, 3)
 
 
 def _backward_forward(ctx, g):

@@ -16,7 +16,7 @@ import torch
 
 from nffk import backends
 from nffk.o3 import Irreps
-from nffk.ops import _outputs, _plans
+from nffk.ops import _autograd, _outputs, _plans
 from nffk.ops.tensor_product import _parse_irreps
 
 # Columns of the int64 path table handed to compiled kernels.
@@ -236,7 +236,7 @@ L, LX, LW = torch.ops.nffk.linear_forward, torch.ops.nffk.linear_vjp_x, torch.op
 
 def _backward_forward(ctx, g):
     x, w = ctx.saved_tensors
-    need = ctx.needs_input_grad
+    need = _autograd.wanted(ctx, 2)
     return (LX(g, w, ctx.plan_id, ctx.backend) if need[0] else None,
             LW(x, g, ctx.plan_id, ctx.backend, w.dim() == 1) if need[1] else None, None, None)
 
@@ -244,7 +244,7 @@ def _backward_forward(ctx, g):
 def _backward_vjp_x(ctx, h):
     # <h, LX(g, w)> = <g, L(h, w)>
     g, w = ctx.saved_tensors
-    need = ctx.needs_input_grad
+    need = _autograd.wanted(ctx, 2)
     return (L(h, w, ctx.plan_id, ctx.backend) if need[0] else None,
             LW(h, g, ctx.plan_id, ctx.backend, w.dim() == 1) if need[1] else None, None, None)
 
@@ -252,7 +252,7 @@ def _backward_vjp_x(ctx, h):
 def _backward_vjp_w(ctx, h):
     # <h, LW(x, g)> = <g, L(x, h)>; h has the weight's shape.
     x, g = ctx.saved_tensors
-    need = ctx.needs_input_grad
+    need = _autograd.wanted(ctx, 2)
     return (LX(g, h, ctx.plan_id, ctx.backend) if need[0] else None,
             L(x, h, ctx.plan_id, ctx.backend) if need[1] else None, None, None, None)
 

@@ -26,7 +26,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from nffk import backends
-from nffk.ops import _outputs, _plans
+from nffk.ops import _autograd, _outputs, _plans
 from nffk.o3 import Irreps, wigner_3j_sparse
 
 MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv")
@@ -597,7 +597,7 @@ F, A, B, W = (torch.ops.nffk.tp_forward, torch.ops.nffk.tp_vjp_x1, torch.ops.nff
 def _backward_forward(ctx, g):
     x1, x2, w = ctx.saved_tensors
     p, b, only = ctx.plan_id, ctx.backend, ctx.flag
-    need = ctx.needs_input_grad
+    need = _autograd.wanted(ctx, 3)
     return (A(g, x2, w, p, b, only) if need[0] else None, B(x1, g, w, p, b, only) if need[1] else None,
             W(x1, x2, g, p, b, w.dim() == 1) if need[2] else None, None, None, None)
 
@@ -606,7 +606,7 @@ def _backward_vjp_x1(ctx, h):
     # A(g, x2, w) = dF/dx1^T g is linear in g, x2 and w; <h, A(g, x2, w)> = <g, F(h, x2, w)>.
     g, x2, w = ctx.saved_tensors
     p, b, only = ctx.plan_id, ctx.backend, ctx.flag
-    need = ctx.needs_input_grad
+    need = _autograd.wanted(ctx, 3)
     return (F(h, x2, w, p, b, only) if need[0] else None, B(h, g, w, p, b, only) if need[1] else None,
             W(h, x2, g, p, b, w.dim() == 1) if need[2] else None, None, None, None)
 
@@ -615,7 +615,7 @@ def _backward_vjp_x2(ctx, h):
     # <h, B(x1, g, w)> = <g, F(x1, h, w)>.
     x1, g, w = ctx.saved_tensors
     p, b, only = ctx.plan_id, ctx.backend, ctx.flag
-    need = ctx.needs_input_grad
+    need = _autograd.wanted(ctx, 3)
     return (A(g, h, w, p, b, only) if need[0] else None, F(x1, h, w, p, b, only) if need[1] else None,
             W(x1, h, g, p, b, w.dim() == 1) if need[2] else None, None, None, None)
 
@@ -624,7 +624,7 @@ def _backward_vjp_w(ctx, h):
     # <h, W(x1, x2, g)> = <g, F(x1, x2, h)> over the weighted paths only; h has the weight's shape.
     x1, x2, g = ctx.saved_tensors
     p, b = ctx.plan_id, ctx.backend
-    need = ctx.needs_input_grad
+    need = _autograd.wanted(ctx, 3)
     return (A(g, x2, h, p, b, True) if need[0] else None, B(x1, g, h, p, b, True) if need[1] else None,
             F(x1, x2, h, p, b, True) if need[2] else None, None, None, None)
 

@@ -62,3 +62,32 @@ def test_bad_input():
         linear(torch.zeros(3, 5), torch.zeros(2), plan)
     with pytest.raises(ValueError, match="weight must have shape"):
         linear(torch.zeros(3, 6), torch.zeros(3), plan)
+
+
+def test_force_pattern_skips_the_weight_gradient_nobody_reads(seeded, monkeypatch):
+    # Forces (autograd.grad of the energy w.r.t. the features) need no gradient of the weights,
+    # which require grad for the loss's backward: that first backward must not run vjp_w.
+    from collections import Counter
+
+    from nffk.ops.linear import KERNELS
+    calls, reference = Counter(), KERNELS["reference"]
+    for name in ("forward", "vjp_x", "vjp_w"):
+        original = getattr(reference, name)
+        monkeypatch.setattr(reference, name, staticmethod(
+            lambda *args, _name=name, _original=original: (calls.update([_name]), _original(*args))[1]))
+    irreps_in, irreps_out = matching_pair(seeded)
+    plan = LinearPlan(str(irreps_in), str(irreps_out))
+    x = torch.randn(4, plan.dim_in, dtype=torch.float64, generator=seeded, requires_grad=True)
+    w = torch.randn(plan.weight_numel, dtype=torch.float64, generator=seeded, requires_grad=True)
+    energy = linear(x.sin(), w, plan, backend="reference").pow(2).sum()
+    (force,) = torch.autograd.grad(energy, x, create_graph=True)
+    assert calls == {"forward": 1, "vjp_x": 1}
+    force.pow(2).sum().backward()
+    assert calls["vjp_w"] >= 1
+    # the same gradients as when that first backward also produced the weight gradient
+    x2, w2 = x.detach().requires_grad_(), w.detach().requires_grad_()
+    energy = linear(x2.sin(), w2, plan, backend="reference").pow(2).sum()
+    force2 = torch.autograd.grad(energy, [x2, w2], create_graph=True)[0]
+    force2.pow(2).sum().backward()
+    torch.testing.assert_close(w.grad, w2.grad)
+    torch.testing.assert_close(x.grad, x2.grad)

@@ -165,3 +165,36 @@ class TestBadInput:
             tensor_product(torch.zeros(4, 2), torch.zeros(4, 1, dtype=torch.float64), torch.zeros(2), plan)
         with pytest.raises(ValueError, match="do not broadcast"):
             tensor_product(torch.zeros(4, 2), torch.zeros(3, 1), torch.zeros(2), plan)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_force_pattern_skips_the_weight_gradient_nobody_reads(shared, seeded, monkeypatch):
+    # autograd.grad(energy, x2) reaches the weights, which require grad for the later backward:
+    # that first backward must not run vjp_w, and the final gradients must not change.
+    from collections import Counter
+
+    from nffk.ops.tensor_product import KERNELS
+    calls, reference = Counter(), KERNELS["reference"]
+    for name in ("forward", "vjp_x1", "vjp_x2", "vjp_w"):
+        original = getattr(reference, name)
+        monkeypatch.setattr(reference, name, staticmethod(
+            lambda *args, _name=name, _original=original: (calls.update([_name]), _original(*args))[1]))
+    plan = make_plan(random_tensor_product(seeded, modes=["uvw"]))  # (uvw paths always have weights)
+    x1, x2, w = random_inputs(plan, 5, shared, seeded)
+
+    def force_loss_backward(grad_inputs):
+        b, c = x2.detach().requires_grad_(), w.detach().requires_grad_()
+        energy = tensor_product(x1, b, c, plan, backend="reference").pow(2).sum()
+        force = torch.autograd.grad(energy, [b, c][:grad_inputs], create_graph=True)[0]
+        first = dict(calls)
+        force.pow(2).sum().backward()
+        return first, b.grad, c.grad
+
+    first, x2_grad, w_grad = force_loss_backward(1)
+    assert first == {"forward": 1, "vjp_x2": 1}
+    assert calls["vjp_w"] >= 1  # the loss's backward does need it
+    calls.clear()
+    first, x2_expected, w_expected = force_loss_backward(2)
+    assert first == {"forward": 1, "vjp_x2": 1, "vjp_w": 1}
+    torch.testing.assert_close(x2_grad, x2_expected)
+    torch.testing.assert_close(w_grad, w_expected)
