@@ -123,7 +123,7 @@ void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int6
 
 // S[(i * d3 + k) * stride] = sum_u X[i][u] w[u] g[u][k] for the path's CG pairs (i, k), which are
 // sorted by k: partial sums per pair over the channel groups in `acc` ([pairs][N], L1), then
-// reduced N pairs at a time by a register transpose.
+// reduced N pairs at a time (Tile::sum_rows).
 template <typename T, int D3>
 void vjp_x2(const tp::Path<T>& p, int64_t mul, const T* X, int64_t ld, const T* g, const T* w, T* acc, T* S,
             int64_t stride) {
@@ -145,11 +145,8 @@ void vjp_x2(const tp::Path<T>& p, int64_t mul, const T* X, int64_t ld, const T* 
     const int count = pairs - q0 < N ? pairs - q0 : N;
     Reg<T> r[N];
     for (int q = 0; q < N; ++q) r[q] = q < count ? Tile<T>::load_full(acc + (q0 + q) * N) : Tile<T>::zero();
-    Tile<T>::transpose(r);
-    for (int step = N / 2; step >= 1; step /= 2)
-      for (int q = 0; q < step; ++q) r[q] = Tile<T>::add(r[q], r[q + step]);
     alignas(64) T sums[N];
-    Tile<T>::store_full(sums, r[0]);
+    Tile<T>::store_full(sums, Tile<T>::sum_rows(r));
     for (int q = 0; q < count; ++q) S[(p.pairs[q0 + q].i * p.d3 + p.pairs[q0 + q].k) * stride] = sums[q];
   }
 }
