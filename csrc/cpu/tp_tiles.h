@@ -432,9 +432,49 @@ void grouped_pair_dots(const tp::Path<T>& p, const T* x1, const T* rows, int64_t
   }
 }
 
+#if defined(__AVX512F__)
+// h[v][k][u] = sum_w W[u][v][w] g[k][w] for N channels u at a time: each N x N tile of W (rows u,
+// columns w) transposed in registers, then h[v][k][u0..] += g[k][w] W[u0..][v][w], one broadcast
+// FMA each, the D3 accumulators in registers. Per tile: N loads, one transpose, D3 x N FMAs; the
+// dot products below reload each row of W for every k and reduce every 16 dots by shuffles
+// (fully-connected's vjp_x1 spent half its compute there).
+template <typename T, int D3>
+void contract_weights_transposed(const tp::Path<T>& p, const T* W, const T* g, int64_t ld3, T* h, int64_t ld1) {
+  using Tile = typename detail::TileOf<T>::type;
+  constexpr int N = Tile::N;
+  const int64_t V = p.mul2, Wo = p.mul_out;
+  for (int64_t v = 0; v < V; ++v) {
+    int64_t u0 = 0;
+    for (; u0 < p.mul1; u0 += N) {
+      const int rows = static_cast<int>(std::min<int64_t>(N, p.mul1 - u0));
+      typename Tile::Reg acc[D3];
+      for (int k = 0; k < D3; ++k) acc[k] = Tile::zero();
+      for (int64_t w0 = 0; w0 < Wo; w0 += N) {
+        const int cols = static_cast<int>(std::min<int64_t>(N, Wo - w0));
+        typename Tile::Reg r[N];
+        for (int u = 0; u < N; ++u) r[u] = u < rows ? Tile::load(W + ((u0 + u) * V + v) * Wo + w0, cols) : Tile::zero();
+        Tile::transpose(r);  // r[w] = W[u0 .. u0 + N][v][w0 + w]
+        for (int w = 0; w < cols; ++w)
+          for (int k = 0; k < D3; ++k) acc[k] = Tile::fma(Tile::set1(g[k * ld3 + w0 + w]), r[w], acc[k]);
+      }
+      for (int k = 0; k < D3; ++k) Tile::store_full(h + (v * D3 + k) * ld1 + u0, acc[k]);
+    }
+    for (int k = 0; k < D3; ++k) std::fill(h + (v * D3 + k) * ld1 + u0, h + (v * D3 + k) * ld1 + ld1, T(0));
+  }
+}
+#endif
+
 // h[v][k][u] = sum_w W[u][v][w] g[k][w] (zero for padding channels), reduced in groups of rows u.
 template <typename T>
 void contract_weights(const tp::Path<T>& p, const T* W, const T* g, int64_t ld3, T* h, int64_t ld1) {
+#if defined(__AVX512F__)
+  if (p.d3 <= 13 && has_component_kernels(p.d3)) {
+    with_components(p.d3, [&](auto d3) {
+      if constexpr (decltype(d3)::value <= 13) contract_weights_transposed<T, decltype(d3)::value>(p, W, g, ld3, h, ld1);
+    });
+    return;
+  }
+#endif
   constexpr int G = kDotGroup<T>;
   const int64_t V = p.mul2, Wo = p.mul_out, d3 = p.d3;
   const T* a[G];
