@@ -77,6 +77,9 @@ DIRECT_PLANS = [
         (1, 1, 3, "uvu", True), (3, 2, 4, "uvu", True), (3, 1, 5, "uvu", False)]),
     ("16x5o+32x6e", "1o+0e", "16x6e+16x5e+32x6e", [(0, 0, 0, "uvu", True), (0, 0, 1, "uvu", True),
                                                    (1, 1, 2, "uvu", True)]),
+    # uvw paths of 9 and 13 components: the register-transposed weight contraction (partial groups
+    # of channels on both sides, two x2 channels)
+    ("17x5o+5x4e", "1o+2x0e", "9x6e+20x4e", [(0, 0, 0, "uvw", True), (1, 1, 1, "uvw", True)]),
 ]
 
 
