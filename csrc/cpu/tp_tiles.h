@@ -494,6 +494,12 @@ void contract_weights(const tp::Path<T>& p, const T* W, const T* g, int64_t ld3,
     }
 }
 
+// Asks for [row, row + bytes) to be brought into the cache ahead of use.
+inline void prefetch_bytes(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t at = 0; at < bytes; at += 64) __builtin_prefetch(p + at);
+}
+
 // The same, for memory about to be written (no need to share the lines with other cores).
 inline void prefetch_bytes_for_write(void* row, int64_t bytes) {
   char* p = static_cast<char*>(row);
@@ -623,8 +629,16 @@ bool run_direct(const Program<T>& prog, const TileIO<T>& io, size_t b, bool read
     const int32_t n = prog.group_begin[b];
     const tp::Path<T>& p = prog.paths[n];
     const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+    // The next block's rows of g (or of the output, for the forward) of each element, fetched while
+    // this block computes: large rows (high-order: 182 KB per element) are past the tile
+    // prefetch's budget, and a block's 1-2 KB of each of 16 rows is too short a stream for the
+    // hardware prefetcher.
+    const Block* next = b + 1 < prog.out_blocks.size() ? &prog.out_blocks[b + 1] : nullptr;
     with_components(p.d3, [&](auto d3) {
-      for (int64_t e = 0; e < io.count; ++e) kernel(d3, p, xb, e);
+      for (int64_t e = 0; e < io.count; ++e) {
+        if (next != nullptr && reads_g_rows) prefetch_bytes(io.g[e] + next->offset, next->mul * next->d * int64_t(sizeof(T)));
+        kernel(d3, p, xb, e);
+      }
     });
     return true;
   }
@@ -860,12 +874,6 @@ inline void check_io(const char* op, std::initializer_list<std::pair<const char*
     TORCH_CHECK(t->is_contiguous(), op, ": ", name, " must be contiguous");
   }
   TORCH_CHECK(out.device().is_cpu() && out.is_contiguous(), op, ": out must be a contiguous CPU tensor");
-}
-
-// Asks for [row, row + bytes) to be brought into the cache ahead of use.
-inline void prefetch_bytes(const void* row, int64_t bytes) {
-  const char* p = static_cast<const char*>(row);
-  for (int64_t at = 0; at < bytes; at += 64) __builtin_prefetch(p + at);
 }
 
 // ---------------------------------------------------------------------------------------------
