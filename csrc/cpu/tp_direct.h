@@ -12,6 +12,7 @@
 #pragma once
 #include <cstdint>
 
+#include "streaming.h"
 #include "transpose.h"
 
 namespace nffk::cpu::direct {
@@ -24,22 +25,30 @@ using Tile = typename detail::TileOf<T>::type;
 template <typename T>
 using Reg = typename Tile<T>::Reg;
 
-// Stores cols[k] (component k of N channels) as the channels' rows: rows = &row[u0][0], N * D contiguous.
+// Stores cols[k] (component k of N channels) as the channels' rows: rows = &row[u0][0], N * D
+// contiguous. stream: by streaming stores where rows is 64-byte aligned (see streaming.h).
 template <typename T, int D>
-inline void store_rows(Reg<T>* cols, T* rows) {
+inline void store_rows(Reg<T>* cols, T* rows, bool stream = false) {
   constexpr int N = Tile<T>::N;
   if constexpr (D <= 7) {
     Reg<T> packed[D];
     detail::interleave<T, D>(cols, packed);
+    if (stream && reinterpret_cast<uintptr_t>(rows) % 64 == 0) {
+      for (int q = 0; q < D; ++q) Tile<T>::stream_full(rows + q * N, packed[q]);
+      return;
+    }
     for (int q = 0; q < D; ++q) Tile<T>::store_full(rows + q * N, packed[q]);
   } else {
+    alignas(64) T staged[N * D];  // streamed: the rows gathered in L1, then whole lines out
+    T* to = stream ? staged : rows;
     for (int m0 = 0; m0 < D; m0 += N) {  // a register transpose per N components
       const int count = D - m0 < N ? D - m0 : N;
       Reg<T> r[N];
       for (int m = 0; m < N; ++m) r[m] = m < count ? cols[m0 + m] : Tile<T>::zero();
       Tile<T>::transpose(r);
-      for (int u = 0; u < N; ++u) Tile<T>::store(rows + u * D + m0, r[u], count);
+      for (int u = 0; u < N; ++u) Tile<T>::store(to + u * D + m0, r[u], count);
     }
+    if (stream) copy_out(staged, N * D, rows, true);
   }
 }
 
@@ -70,9 +79,11 @@ inline void scale_by_weights(const T* w, int64_t u0, Reg<T>* v) {
   for (int k = 0; k < D; ++k) v[k] = Tile<T>::mul(v[k], wv);
 }
 
-// out[u][k] = w[u] sum_i A[i][k] X[i][u], stored straight into the output row (out = row + offset).
+// out[u][k] = w[u] sum_i A[i][k] X[i][u], stored straight into the output row (out = row + offset),
+// by streaming stores with `stream`.
 template <typename T, int D3>
-void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* w, T* out) {
+void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* w, T* out,
+             bool stream) {
   constexpr int N = Tile<T>::N;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
     Reg<T> acc[D3];
@@ -82,7 +93,7 @@ void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, in
       for (int k = 0; k < D3; ++k) acc[k] = Tile<T>::fma(Tile<T>::set1(A[(i * D3 + k) * stride]), x, acc[k]);
     }
     scale_by_weights<T, D3>(w, u0, acc);
-    store_rows<T, D3>(acc, out + u0 * D3);
+    store_rows<T, D3>(acc, out + u0 * D3, stream);
   }
 }
 
@@ -156,7 +167,8 @@ void vjp_x2(const tp::Path<T>& p, int64_t mul, const T* X, int64_t ld, const T* 
 // tp_tiles.h, which discard them at compile time, and never defined.
 inline constexpr bool kAvailable = false;
 template <typename T, int D3>
-void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* w, T* out);
+void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* w, T* out,
+             bool stream);
 template <typename T, int D3>
 void vjp_x1(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, const T* w, T* gX, int64_t ld);
 template <typename T, int D3>

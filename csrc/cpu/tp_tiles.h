@@ -606,6 +606,7 @@ struct StoreRows {
   const Program<T>& prog;
   const TileIO<T>& io;
   T* outc;
+  bool stream = false;  // direct blocks by streaming stores (outputs larger than the caches)
   T* target(size_t b, int64_t) {
     const Block& ob = prog.out_blocks[b];
     std::fill(outc, outc + ob.d * ob.ld, T(0));
@@ -663,7 +664,7 @@ void forward_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, 
       const bool done = run_direct(prog, io, b, false, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
         const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
         direct::forward<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, TE, xc, xb.ld, path_weights(p, io, e),
-                                                io.out[e] + p.offset_out);
+                                                io.out[e] + p.offset_out, sink.stream);
       });
       if (done) continue;
     }
@@ -928,8 +929,10 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
   const int64_t tile_bytes = int64_t(sizeof(T)) * TE * (dim1 + dim2 + dim_out + wstride);
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(tile_bytes, 1));
   const Rows<T> out_rows{po, out_stride, nullptr};
-  // Per-element weight gradients as large as fully-connected's (28 MB at E = 1,000) are streamed.
-  const bool stream = kernel == Kernel::kVjpW && out.numel() * int64_t(sizeof(T)) >= kStreamBytes;
+  // Outputs larger than the caches are written by streaming stores: per-element weight gradients
+  // (fully-connected: 28 MB at E = 1,000) and the forward's direct blocks (nequip: 26 MB).
+  const bool stream = (kernel == Kernel::kVjpW || kernel == Kernel::kForward) &&
+                      out.numel() * int64_t(sizeof(T)) >= kStreamBytes;
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
     TPScratch<T> s(prog, kernel, dim2);
     for (int64_t t = begin; t < end; ++t) {
@@ -961,7 +964,7 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
       switch (kernel) {
         case Kernel::kForward: {
           for (int64_t e = 0; e < count; ++e) fill_gaps(prog.out_gaps, io.out[e]);
-          StoreRows<T> sink{prog, io, s.outc};
+          StoreRows<T> sink{prog, io, s.outc, stream};
           forward_tile(prog, io, s, sink);
           break;
         }

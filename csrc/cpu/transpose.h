@@ -98,6 +98,7 @@ struct Float16 {
   static Reg load_full(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, Reg v, int count) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << count) - 1), v); }
   static void store_full(float* p, Reg v) { _mm512_storeu_ps(p, v); }
+  static void stream_full(float* p, Reg v) { _mm512_stream_ps(p, v); }  // p 64-byte aligned
   static void transpose(Reg* r) { transpose16(r); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
   static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
@@ -133,6 +134,7 @@ struct Double8 {
   static Reg load_full(const double* p) { return _mm512_loadu_pd(p); }
   static void store(double* p, Reg v, int count) { _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << count) - 1), v); }
   static void store_full(double* p, Reg v) { _mm512_storeu_pd(p, v); }
+  static void stream_full(double* p, Reg v) { _mm512_stream_pd(p, v); }  // p 64-byte aligned
   static void transpose(Reg* r) { transpose8(r); }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_pd(a, b, c); }
   static Reg add(Reg a, Reg b) { return _mm512_add_pd(a, b); }

@@ -106,6 +106,22 @@ def test_streamed_weight_gradients_match_the_reference(dtype, seeded):
     compare_every_kernel(plan, dtype, False, batch, seeded, "streamed")
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_streamed_forward_outputs_match_the_reference(dtype, seeded):
+    # Forward outputs of 16 MiB and more: direct blocks of up to 7 components by streaming stores
+    # of whole vectors, of 9 to 13 components staged in L1 and streamed, general blocks as usual.
+    size = torch.empty((), dtype=dtype).element_size()
+    for irreps1, irreps2, irreps_out, instructions in (DIRECT_PLANS[0], DIRECT_PLANS[2]):
+        plan = TensorProductPlan(irreps1, irreps2, irreps_out, instructions)
+        batch = (16 << 20) // (plan.dim_out * size) + 17
+        x1, x2, w = (torch.randn(batch, d, dtype=dtype, generator=seeded)
+                     for d in (plan.dim_in1, plan.dim_in2, plan.weight_numel))
+        with poisoned_outputs():
+            got = KERNELS["cpu"].forward(plan, x1, x2, w, False)
+        expected = KERNELS["reference"].forward(plan, x1.double(), x2.double(), w.double(), False)
+        assert relative_error(got, expected) <= TOLERANCE[dtype], irreps_out
+
+
 def test_backward_and_force_pattern_through_the_public_op(seeded):
     """Autograd through tensor_product(..., backend="cpu"): gradients of every input, and the
     force-training pattern (gradient w.r.t. x2 with create_graph, a loss on it, backward)."""
