@@ -132,30 +132,30 @@ void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int6
   }
 }
 
-// S[(i * d3 + k) * stride] = sum_u X[i][u] w[u] g[u][k] for the path's CG pairs (i, k), which are
-// sorted by k: partial sums per pair over the channel groups in `acc` ([pairs][N], L1), then
-// reduced N pairs at a time (Tile::sum_rows).
+// S[(i * d3 + k) * stride] = sum_u X[i][u] w[u] g[u][k] for the path's CG pairs (i, k): the
+// weighted g goes channel-major into G ([D3][mul], L1) once, then each pair's products are summed
+// over the channel groups in a register and N pairs at a time reduced (Tile::sum_rows).
 template <typename T, int D3>
-void vjp_x2(const tp::Path<T>& p, int64_t mul, const T* X, int64_t ld, const T* g, const T* w, T* acc, T* S,
+void vjp_x2(const tp::Path<T>& p, int64_t mul, const T* X, int64_t ld, const T* g, const T* w, T* G, T* S,
             int64_t stride) {
   constexpr int N = Tile<T>::N;
-  const int32_t pairs = p.num_pairs;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
     Reg<T> gk[D3];
     load_rows<T, D3>(g + u0 * D3, gk);
     scale_by_weights<T, D3>(w, u0, gk);
-    int32_t q = 0;
-    for (int k = 0; k < D3; ++k)
-      for (; q < pairs && p.pairs[q].k == k; ++q) {
-        const Reg<T> x = Tile<T>::load_full(X + p.pairs[q].i * ld + u0);
-        const Reg<T> sum = u0 == 0 ? Tile<T>::zero() : Tile<T>::load_full(acc + q * N);
-        Tile<T>::store_full(acc + q * N, Tile<T>::fma(x, gk[k], sum));
-      }
+    for (int k = 0; k < D3; ++k) Tile<T>::store_full(G + k * mul + u0, gk[k]);
   }
+  const int32_t pairs = p.num_pairs;
   for (int32_t q0 = 0; q0 < pairs; q0 += N) {
     const int count = pairs - q0 < N ? pairs - q0 : N;
     Reg<T> r[N];
-    for (int q = 0; q < N; ++q) r[q] = q < count ? Tile<T>::load_full(acc + (q0 + q) * N) : Tile<T>::zero();
+    for (int q = 0; q < N; ++q) {
+      r[q] = Tile<T>::zero();
+      if (q >= count) continue;
+      const T* x = X + p.pairs[q0 + q].i * ld;
+      const T* gk = G + p.pairs[q0 + q].k * mul;
+      for (int64_t u0 = 0; u0 < mul; u0 += N) r[q] = Tile<T>::fma(Tile<T>::load_full(x + u0), Tile<T>::load_full(gk + u0), r[q]);
+    }
     alignas(64) T sums[N];
     Tile<T>::store_full(sums, Tile<T>::sum_rows(r));
     for (int q = 0; q < count; ++q) S[(p.pairs[q0 + q].i * p.d3 + p.pairs[q0 + q].k) * stride] = sums[q];
@@ -172,7 +172,7 @@ void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, in
 template <typename T, int D3>
 void vjp_x1(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, const T* w, T* gX, int64_t ld);
 template <typename T, int D3>
-void vjp_x2(const tp::Path<T>& p, int64_t mul, const T* X, int64_t ld, const T* g, const T* w, T* acc, T* S,
+void vjp_x2(const tp::Path<T>& p, int64_t mul, const T* X, int64_t ld, const T* g, const T* w, T* G, T* S,
             int64_t stride);
 template <typename T, int D3>
 void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* g, T* gw,

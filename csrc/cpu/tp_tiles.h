@@ -46,7 +46,7 @@ struct Program {
   std::vector<int32_t> by_i, cg_j;
   std::vector<T> cg_value;
   std::vector<std::pair<int64_t, int64_t>> out_gaps, x1_gaps, weight_gaps;  // ranges no path writes
-  int64_t x1_scratch = 0, out_scratch = 0, rows_size = 0, tile_a_size = 0, z_size = 0, max_ld = 0, max_pairs = 0;
+  int64_t x1_scratch = 0, out_scratch = 0, rows_size = 0, tile_a_size = 0, z_size = 0, max_ld = 0;
   int64_t out_row_size = 0;  // a whole output row in channel-major blocks (out_blocks[b].slot)
   std::vector<uint8_t> direct;  // per output block: its one path runs the kernels of tp_direct.h
 };
@@ -214,7 +214,6 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
     path.cg_j = prog.cg_j.data();
     path.cg_value = prog.cg_value.data();
     prog.paths.push_back(path);
-    prog.max_pairs = std::max<int64_t>(prog.max_pairs, path.num_pairs);
     const int64_t ld1 = round_up(path.mul1, lanes);
     prog.rows_size = std::max<int64_t>(prog.rows_size, std::max(path.d1, path.d3) * ld1);
     if (path.mode == tp::kUVW) {
@@ -244,7 +243,7 @@ template <typename T>
 struct TPScratch {
   static constexpr int TE = kLanes<T>;
   AlignedBuffer<T> memory;
-  T *x1c, *gx1c, *x2t, *gx2t, *A, *outc, *gc, *rows, *z, *wv, *gwv, *pair_sums, *stage;
+  T *x1c, *gx1c, *x2t, *gx2t, *A, *outc, *gc, *rows, *z, *wv, *gwv, *staged_g, *stage;
   TPScratch(const Program<T>& prog, Kernel kernel, int64_t dim2) {
     const bool x1_grad = kernel == Kernel::kVjpX1;
     int64_t weight_block = 0;  // the largest path's weights (vjp_w stages them before streaming)
@@ -253,9 +252,9 @@ struct TPScratch {
     const int64_t sizes[] = {x1_grad ? 0 : TE * prog.x1_scratch, x1_grad ? TE * prog.x1_scratch : 0, TE * dim2,
                              TE * dim2, TE * prog.tile_a_size, prog.out_scratch, prog.out_scratch, prog.rows_size,
                              prog.z_size, prog.max_ld, prog.max_ld,
-                             kernel == Kernel::kVjpX2 ? TE * prog.max_pairs : 0,
+                             kernel == Kernel::kVjpX2 ? prog.rows_size : 0,
                              kernel == Kernel::kVjpW ? weight_block : 0};
-    T** slots[] = {&x1c, &gx1c, &x2t, &gx2t, &A, &outc, &gc, &rows, &z, &wv, &gwv, &pair_sums, &stage};
+    T** slots[] = {&x1c, &gx1c, &x2t, &gx2t, &A, &outc, &gc, &rows, &z, &wv, &gwv, &staged_g, &stage};
     int64_t total = 0;
     for (int64_t size : sizes) total += round_up(size, kLanes<T>);
     memory.allocate(total);
@@ -756,7 +755,7 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
     const bool done = first.d3 <= 7 && run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p,
                                                                          const Block& xb, int64_t e) {
       direct::vjp_x2<T, decltype(d3)::value>(p, p.mul1, x1_channel_major(prog, io, s.x1c, e) + xb.slot, xb.ld,
-                                             io.g[e] + p.offset_out, path_weights(p, io, e), s.pair_sums, s.A + e, TE);
+                                             io.g[e] + p.offset_out, path_weights(p, io, e), s.staged_g, s.A + e, TE);
     });
     if (done) {
       tp::unproject_x2<T, TE>(first, s.A, s.gx2t + first.offset2 * TE);
