@@ -750,7 +750,8 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
     const Block& ob = prog.out_blocks[b];
     if (io.count < TE) std::fill(s.A, s.A + prog.tile_a_size * TE, T(0));  // lanes past the tile's end
     // Direct up to 7 components only: past that (dozens of CG pairs) the grouped dots of the
-    // general tile were faster (high-order config: 20.6 vs 22.4 ms).
+    // general tile were faster (high-order config: 20.6 vs 22.4 ms; since the direct kernel keeps
+    // its pair sums in registers, the same: 17.4 vs 17.7 ms).
     const tp::Path<T>& first = prog.paths[prog.group_begin[b]];
     const bool done = first.d3 <= 7 && run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p,
                                                                          const Block& xb, int64_t e) {
