@@ -930,11 +930,13 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(tile_bytes, 1));
   const Rows<T> out_rows{po, out_stride, nullptr};
   // Outputs larger than the caches are written by streaming stores: per-element weight gradients
-  // (fully-connected: 28 MB at E = 1,000) and the forward's direct blocks (nequip: 26 MB).
-  const bool stream = (kernel == Kernel::kVjpW || kernel == Kernel::kForward) &&
-                      out.numel() * int64_t(sizeof(T)) >= kStreamBytes;
+  // (fully-connected: 28 MB at E = 1,000), the forward's direct blocks (nequip: 26 MB) and x1
+  // gradients (nequip: 46 MB at E = 10,000).
+  const bool stream = kernel != Kernel::kVjpX2 && out.numel() * int64_t(sizeof(T)) >= kStreamBytes;
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
     TPScratch<T> s(prog, kernel, dim2);
+    AlignedBuffer<T> x1_row;  // a streamed x1 gradient's row, assembled in L1
+    if (stream && kernel == Kernel::kVjpX1) x1_row.allocate(dim1);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
       // Gathered rows (the convolution's x at senders, g at receivers) are scattered in memory:
@@ -970,7 +972,14 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
         }
         case Kernel::kVjpX1:
           vjp_x1_tile(prog, io, s);
-          for (int64_t e = 0; e < count; ++e) store_x1_row(prog, s.gx1c + e * prog.x1_scratch, io.out[e]);
+          for (int64_t e = 0; e < count; ++e) {
+            if (stream) {
+              store_x1_row(prog, s.gx1c + e * prog.x1_scratch, x1_row.data());
+              copy_out(x1_row.data(), dim1, io.out[e], true);
+            } else {
+              store_x1_row(prog, s.gx1c + e * prog.x1_scratch, io.out[e]);
+            }
+          }
           break;
         case Kernel::kVjpX2: vjp_x2_tile(prog, io, s); break;
         case Kernel::kVjpW: vjp_w_tile(prog, io, stream ? WeightStore::kStream : WeightStore::kWrite, s); break;

@@ -107,19 +107,23 @@ def test_streamed_weight_gradients_match_the_reference(dtype, seeded):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_streamed_forward_outputs_match_the_reference(dtype, seeded):
-    # Forward outputs of 16 MiB and more: direct blocks of up to 7 components by streaming stores
+def test_streamed_forward_and_x1_gradient_match_the_reference(dtype, seeded):
+    # Outputs of 16 MiB and more. Forward: direct blocks of up to 7 components by streaming stores
     # of whole vectors, of 9 to 13 components staged in L1 and streamed, general blocks as usual.
+    # vjp_x1: each row assembled in L1, then streamed (rows of any alignment, gaps zeroed).
     size = torch.empty((), dtype=dtype).element_size()
-    for irreps1, irreps2, irreps_out, instructions in (DIRECT_PLANS[0], DIRECT_PLANS[2]):
+    cpu, reference = KERNELS["cpu"], KERNELS["reference"]
+    for irreps1, irreps2, irreps_out, instructions in (DIRECT_PLANS[0], DIRECT_PLANS[1], DIRECT_PLANS[2]):
         plan = TensorProductPlan(irreps1, irreps2, irreps_out, instructions)
-        batch = (16 << 20) // (plan.dim_out * size) + 17
-        x1, x2, w = (torch.randn(batch, d, dtype=dtype, generator=seeded)
-                     for d in (plan.dim_in1, plan.dim_in2, plan.weight_numel))
-        with poisoned_outputs():
-            got = KERNELS["cpu"].forward(plan, x1, x2, w, False)
-        expected = KERNELS["reference"].forward(plan, x1.double(), x2.double(), w.double(), False)
-        assert relative_error(got, expected) <= TOLERANCE[dtype], irreps_out
+        for kernel, dim in (("forward", plan.dim_out), ("vjp_x1", plan.dim_in1)):
+            batch = (16 << 20) // (dim * size) + 17
+            a, x2, w = (torch.randn(batch, d, dtype=dtype, generator=seeded)
+                        for d in (plan.dim_in1 if kernel == "forward" else plan.dim_out, plan.dim_in2,
+                                  plan.weight_numel))
+            with poisoned_outputs():
+                got = getattr(cpu, kernel)(plan, a, x2, w, False)
+            expected = getattr(reference, kernel)(plan, a.double(), x2.double(), w.double(), False)
+            assert relative_error(got, expected) <= TOLERANCE[dtype], (kernel, irreps_out)
 
 
 def test_backward_and_force_pattern_through_the_public_op(seeded):
