@@ -6,17 +6,19 @@
 // a neighbour-list search at 4,000 atoms. Here a buffer of a megabyte or more is a 2 MiB-aligned
 // anonymous mapping with huge-page advice (2 MiB per fault, ~0.04 ms per MB of zeroing), and a
 // freed buffer's mapping is kept for the next output of about its size, which then pays nothing.
-// At most kKeptBytes / kKeptMappings stay kept. Huge pages are advice only: where they are off it
+// At most kept_limit() bytes / kKeptMappings stay kept. Huge pages are advice only: where they are off it
 // is 4 KiB pages as with torch's allocator.
 #include "mapped_outputs.h"
 
 #include <c10/core/CPUAllocator.h>
 
+#include <algorithm>
 #include <mutex>
 #include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 namespace nffk::cpu {
@@ -68,7 +70,7 @@ class MappingPool {
       std::lock_guard<std::mutex> lock(mutex_);
       kept_.push_back(mapping);
       kept_bytes_ += mapping.length;
-      while (kept_bytes_ > kKeptBytes || kept_.size() > kKeptMappings) {
+      while (kept_bytes_ > kept_limit_ || kept_.size() > kKeptMappings) {
         unmap.push_back(kept_.front());
         kept_bytes_ -= kept_.front().length;
         kept_.erase(kept_.begin());
@@ -79,8 +81,21 @@ class MappingPool {
 
  private:
   // Enough for the few outputs of one training step's largest kernels (a double backward keeps
-  // ~4 outputs of tens of MB alive at once), small next to the tensors that need them.
-  static constexpr size_t kKeptBytes = size_t(128) << 20, kKeptMappings = 16;
+  // ~4 outputs alive at once: at 10,000 edges of the nequip config, 261 MB each), small next to
+  // the tensors that need them: 1/16 of the machine's memory, between 128 MiB and 2 GiB. An
+  // output that does not fit is a fresh mapping every call, whose first touch in a VM that gave
+  // the pages back to its host cost 10x the kernel (nequip forward at 10,000 edges: 60 -> 700 ms
+  // when other code had allocated in between).
+  static size_t kept_limit() {
+    size_t limit = size_t(128) << 20;
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0) limit = std::max(limit, size_t(pages) * size_t(page) / 16);
+#endif
+    return std::min(limit, size_t(2) << 30);
+  }
+  static constexpr size_t kKeptMappings = 16;
+  const size_t kept_limit_ = kept_limit();
   std::mutex mutex_;
   std::vector<Mapping> kept_;
   size_t kept_bytes_ = 0;
