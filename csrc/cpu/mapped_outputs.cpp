@@ -83,8 +83,8 @@ class MappingPool {
   // Enough for the few outputs of one training step's largest kernels (a double backward keeps
   // ~4 outputs alive at once: at 10,000 edges of the nequip config, 261 MB each), small next to
   // the tensors that need them: 1/16 of the machine's memory, between 128 MiB and 2 GiB. An
-  // output that does not fit is a fresh mapping every call, whose first touch in a VM that gave
-  // the pages back to its host cost 10x the kernel (nequip forward at 10,000 edges: 60 -> 700 ms
+  // output that does not fit is a fresh mapping every call, whose first touch cost 10x the kernel on
+  // this project's VM (nequip forward at 10,000 edges: 60 -> 700 ms
   // when other code had allocated in between).
   static size_t kept_limit() {
     size_t limit = size_t(128) << 20;
