@@ -9,6 +9,7 @@
 TORCH_LIBRARY(nffk_C, m) {
   // An uninitialised output buffer (large ones in reused huge-page mappings: csrc/cpu/mapped_outputs.cpp).
   m.def("empty_output(int[] sizes, ScalarType dtype) -> Tensor");
+  m.def("release_outputs() -> int");
   m.def("segment_sum(Tensor src, Tensor ptr) -> Tensor");
   m.def(
       "neighbor_list(Tensor positions, Tensor system_ptr, Tensor cells, Tensor pbc, float cutoff, "
@@ -42,6 +43,7 @@ TORCH_LIBRARY(nffk_C, m) {
 
 TORCH_LIBRARY_IMPL(nffk_C, CompositeExplicitAutograd, m) {
   m.impl("empty_output", &nffk::cpu::empty_output_op);
+  m.impl("release_outputs", &nffk::cpu::release_outputs);
 }
 
 TORCH_LIBRARY_IMPL(nffk_C, CPU, m) {

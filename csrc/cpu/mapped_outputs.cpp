@@ -63,6 +63,22 @@ class MappingPool {
     return {reinterpret_cast<void*>(begin), length};
   }
 
+  // Unmaps every kept mapping; returns their bytes.
+  size_t release() {
+    std::vector<Mapping> unmap;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      unmap.swap(kept_);
+      kept_bytes_ = 0;
+    }
+    size_t bytes = 0;
+    for (const Mapping& m : unmap) {
+      munmap(m.data, m.length);
+      bytes += m.length;
+    }
+    return bytes;
+  }
+
   // Keeps a freed mapping, unmapping the oldest ones beyond the limits.
   void give(Mapping mapping) {
     std::vector<Mapping> unmap;
@@ -122,6 +138,14 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
   }
 #endif
   return at::empty(sizes, options);
+}
+
+int64_t release_outputs() {
+#if NFFK_MAPPED_OUTPUTS
+  return static_cast<int64_t>(MappingPool::instance().release());
+#else
+  return 0;
+#endif
 }
 
 at::Tensor empty_output_op(at::IntArrayRef sizes, at::ScalarType dtype) {

@@ -10,6 +10,9 @@ namespace nffk::cpu {
 // growing it moves it to torch's allocator.
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 
+// The op nffk_C::release_outputs: unmaps the kept mappings of freed outputs; returns their bytes.
+int64_t release_outputs();
+
 // The op nffk_C::empty_output (nffk/ops/_outputs.py): the same for a dtype and a shape.
 at::Tensor empty_output_op(at::IntArrayRef sizes, at::ScalarType dtype);
 

@@ -1,4 +1,5 @@
 """Operations: one file per op, each with a plan, a reference, a custom op and backends."""
+from nffk.ops._outputs import empty_cache  # noqa: F401
 from nffk.ops.conv import ConvGraph, conv  # noqa: F401
 from nffk.ops.linear import LinearPlan, linear  # noqa: F401
 from nffk.ops.neighbor_list import NeighborList, edge_vectors, neighbor_list  # noqa: F401

@@ -27,6 +27,13 @@ def new(shape, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
+def empty_cache() -> int:
+    """Hands the memory of freed large CPU outputs, which the pool keeps for later calls (up to
+    1/16 of the machine's memory), back to the system; returns how many bytes. Like
+    `torch.cuda.empty_cache()`: nothing in use is touched, and later calls refill the pool."""
+    return int(torch.ops.nffk_C.release_outputs()) if _ext.loaded() else 0
+
+
 def set_poison(enabled: bool) -> bool:
     """Turns poisoning on or off; returns the previous setting."""
     global _poison
