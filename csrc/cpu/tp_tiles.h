@@ -237,6 +237,12 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
 
 enum class Kernel { kForward, kVjpX1, kVjpX2, kVjpW };
 
+// Weights of one path and element: mul1 x mul2 (x mul_out for uvw).
+template <typename T>
+int64_t path_weight_count(const tp::Path<T>& p) {
+  return int64_t(p.mul1) * p.mul2 * (p.mode == tp::kUVW ? p.mul_out : 1);
+}
+
 // Per-task scratch, carved from one aligned allocation. A task works on tiles of kLanes<T>
 // elements: the x2 side (CG projections) is vectorised over the tile, the rest over channels.
 template <typename T>
@@ -248,7 +254,7 @@ struct TPScratch {
     const bool x1_grad = kernel == Kernel::kVjpX1;
     int64_t weight_block = 0;  // the largest path's weights (vjp_w stages them before streaming)
     for (const tp::Path<T>& p : prog.paths)
-      weight_block = std::max<int64_t>(weight_block, int64_t(p.mul1) * p.mul2 * (p.mode == tp::kUVW ? p.mul_out : 1));
+      weight_block = std::max<int64_t>(weight_block, path_weight_count(p));
     const int64_t sizes[] = {x1_grad ? 0 : TE * prog.x1_scratch, x1_grad ? TE * prog.x1_scratch : 0, TE * dim2,
                              TE * dim2, TE * prog.tile_a_size, prog.out_scratch, prog.out_scratch, prog.rows_size,
                              prog.z_size, prog.max_ld, prog.max_ld,
@@ -468,9 +474,7 @@ template <typename T>
 void contract_weights(const tp::Path<T>& p, const T* W, const T* g, int64_t ld3, T* h, int64_t ld1) {
 #if defined(__AVX512F__)
   if (p.d3 <= 13 && has_component_kernels(p.d3)) {
-    with_components(p.d3, [&](auto d3) {
-      if constexpr (decltype(d3)::value <= 13) contract_weights_transposed<T, decltype(d3)::value>(p, W, g, ld3, h, ld1);
-    });
+    with_components<13>(p.d3, [&](auto d3) { contract_weights_transposed<T, decltype(d3)::value>(p, W, g, ld3, h, ld1); });
     return;
   }
 #endif
@@ -815,8 +819,7 @@ void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, WeightStore store, 
   auto target = [&](const tp::Path<T>& p, int64_t e) { return stream ? s.stage : io.out[e] + p.weight_offset; };
   auto finish = [&](const tp::Path<T>& p, int64_t e) {
     if (stream)
-      copy_out(s.stage, int64_t(p.mul1) * p.mul2 * (p.mode == tp::kUVW ? p.mul_out : 1), io.out[e] + p.weight_offset,
-               true);
+      copy_out(s.stage, path_weight_count(p), io.out[e] + p.weight_offset, true);
   };
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];

@@ -18,21 +18,25 @@ namespace nffk::cpu {
 // Component counts with compiled register kernels: 1..7 and the odd ones up to 15 (irreps up to l = 7).
 inline bool has_component_kernels(int64_t d) { return (d >= 1 && d <= 7) || (d <= 15 && d % 2 == 1); }
 
-// kernel(std::integral_constant<int, d>{}) for such a d (has_component_kernels), else nothing.
-template <typename Kernel>
+// kernel(std::integral_constant<int, d>{}) for such a d (has_component_kernels) up to MaxD, else
+// nothing; kernels for larger d are not instantiated (callers whose kernels stop short of 15).
+template <int MaxD = 15, typename Kernel>
 void with_components(int64_t d, Kernel&& kernel) {
+  auto run = [&](auto D) {
+    if constexpr (decltype(D)::value <= MaxD) kernel(D);
+  };
   switch (d) {
-    case 1: kernel(std::integral_constant<int, 1>{}); break;
-    case 2: kernel(std::integral_constant<int, 2>{}); break;
-    case 3: kernel(std::integral_constant<int, 3>{}); break;
-    case 4: kernel(std::integral_constant<int, 4>{}); break;
-    case 5: kernel(std::integral_constant<int, 5>{}); break;
-    case 6: kernel(std::integral_constant<int, 6>{}); break;
-    case 7: kernel(std::integral_constant<int, 7>{}); break;
-    case 9: kernel(std::integral_constant<int, 9>{}); break;
-    case 11: kernel(std::integral_constant<int, 11>{}); break;
-    case 13: kernel(std::integral_constant<int, 13>{}); break;
-    case 15: kernel(std::integral_constant<int, 15>{}); break;
+    case 1: run(std::integral_constant<int, 1>{}); break;
+    case 2: run(std::integral_constant<int, 2>{}); break;
+    case 3: run(std::integral_constant<int, 3>{}); break;
+    case 4: run(std::integral_constant<int, 4>{}); break;
+    case 5: run(std::integral_constant<int, 5>{}); break;
+    case 6: run(std::integral_constant<int, 6>{}); break;
+    case 7: run(std::integral_constant<int, 7>{}); break;
+    case 9: run(std::integral_constant<int, 9>{}); break;
+    case 11: run(std::integral_constant<int, 11>{}); break;
+    case 13: run(std::integral_constant<int, 13>{}); break;
+    case 15: run(std::integral_constant<int, 15>{}); break;
     default: break;
   }
 }
@@ -268,10 +272,7 @@ int64_t to_channel_major_groups(const T* src, int64_t mul, int64_t d, T* dst, in
     return mul;
   }
   int64_t done = 0;
-  if (d <= 7)  // (the dispatcher also instantiates d = 9..15, which these kernels do not handle)
-    with_components(d, [&](auto D) {
-      if constexpr (decltype(D)::value <= 7) done = to_channel_major_small<T, decltype(D)::value>(src, mul, dst, ld);
-    });
+  with_components<7>(d, [&](auto D) { done = to_channel_major_small<T, decltype(D)::value>(src, mul, dst, ld); });
   return done;
 }
 
@@ -282,10 +283,7 @@ int64_t from_channel_major_groups(const T* src, int64_t ld, int64_t mul, int64_t
     return mul;
   }
   int64_t done = 0;
-  if (d <= 7)  // (the dispatcher also instantiates d = 9..15, which these kernels do not handle)
-    with_components(d, [&](auto D) {
-      if constexpr (decltype(D)::value <= 7) done = from_channel_major_small<T, decltype(D)::value>(src, ld, mul, dst);
-    });
+  with_components<7>(d, [&](auto D) { done = from_channel_major_small<T, decltype(D)::value>(src, ld, mul, dst); });
   return done;
 }
 
