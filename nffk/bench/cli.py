@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from nffk.bench import registry, report
+from nffk.bench import allocator, registry, report
 from nffk.bench.runner import derive, run as run_cases
 
 
@@ -36,6 +36,10 @@ def add_arguments(parser):
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--malloc", default="keep", choices=allocator.POLICIES,
+                        help="keep (default): glibc keeps freed memory for reuse, as a caching allocator "
+                             "(jemalloc, tcmalloc) would, for every implementation alike; system: the C library's "
+                             "default, which gives each big temporary fresh pages (see nffk/bench/allocator.py)")
     parser.add_argument("--reference", action="store_true",
                         help="also time nffk's pure-torch reference backend where 'auto' picks a kernel")
     parser.add_argument("--json", metavar="FILE", help="write the full report (machine, versions, every time) here")
@@ -106,8 +110,10 @@ def run(args) -> int:
             advice = "; multi-threaded ones are inflated most (try --threads 1)" if torch.get_num_threads() > 1 else ""
             print(f"nffk bench: warning: the machine is loaded (load average {load:.1f} on {cores} cores): times "
                   f"will be noisy{advice}", file=sys.stderr)
+        malloc = allocator.apply(args.malloc)
         result = run_cases(cases, args.mode, device, getattr(torch, args.dtype),
                            command=_command_line())
+        result["settings"]["malloc"] = malloc
     report.print_table(result)
     if args.json:
         report.write_json(result, args.json)

@@ -17,7 +17,8 @@ PACKAGES = ("nffk", "torch", "numpy", "e3nn", "opt_einsum_fx", "cuequivariance",
 
 
 ENVIRONMENT = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND", "MKL_NUM_THREADS",
-               "NFFK_BACKEND", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")
+               "NFFK_BACKEND", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "LD_PRELOAD", "MALLOC_MMAP_MAX_",
+               "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
 
 
 def package_versions() -> dict:

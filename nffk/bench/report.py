@@ -63,7 +63,8 @@ def header(report: dict) -> list:
     missing = ", ".join(name for name, version in p.items() if not version)
     lines = [
         f"{m['cpu']} ({m['cpu_count']} cores), {s['device']}" + (f" {m['gpu']}" if m.get("gpu") else "") +
-        f", {s['threads']} torch thread(s), {s['dtype']}, mode {s['mode']}, {report['created']}",
+        f", {s['threads']} torch thread(s), {s['dtype']}, mode {s['mode']}, malloc {s.get('malloc', 'system')}"
+        f", {report['created']}",
         f"load average (1/5/15 min) at start {load(m.get('load_average_start'))}, at end "
         f"{load(m.get('load_average_end'))}; nffk extension {m['nffk_extension']}" +
         "".join(f"; {k}={v}" for k, v in (m.get("environment") or {}).items()),

@@ -3,12 +3,15 @@ every implementation produced a finite time; missing or failing peers are report
 No timing is asserted (speed is measured in bench/, never in tests)."""
 import json
 import math
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from nffk import cli
-from nffk.bench import registry, report, runner
+from nffk.bench import allocator, registry, report, runner
 from nffk.bench.registry import Built, Case, Implementation, PeerMissing
 from nffk.bench.timing import Rotation, rotation_sets, summarize, time_interleaved
 
@@ -19,8 +22,9 @@ OPS = ("tp", "sh", "nlist", "conv", "model")
 def quick_report(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "report.json"
     threads = torch.get_num_threads()
+    # --malloc system: the default policy would stay in effect for the rest of this test process.
     assert cli.main(["bench", "--ops", ",".join(OPS), "--configs", "tiny", "--quick", "--threads", "1",
-                     "--device", "cpu", "--json", str(path)]) == 0
+                     "--device", "cpu", "--malloc", "system", "--json", str(path)]) == 0
     torch.set_num_threads(threads)
     with open(path) as f:
         return json.load(f)
@@ -30,6 +34,7 @@ def test_report_structure(quick_report):
     r = quick_report
     assert r["schema"] == runner.SCHEMA
     assert r["settings"]["mode"] == "quick" and r["settings"]["threads"] == 1 and r["settings"]["device"] == "cpu"
+    assert r["settings"]["malloc"] == "system"
     for key in ("cpu", "cpu_count", "torch_threads", "load_average_start", "load_average_end", "nffk_extension"):
         assert key in r["machine"], key
     assert r["packages"]["torch"] == torch.__version__
@@ -166,3 +171,40 @@ def test_plots_of_sweeps(tmp_path):
     assert len(paths) == 1
     with open(paths[0], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# Page faults of a 40 MB buffer filled and freed, after ten such buffers: glibc gives each a
+# fresh mapping by default (a fault per 4 KiB page), none under "keep" once the heap has grown
+# (a freed block is a little short of an aligned request of its size: the first few extend the heap).
+_FAULTS_OF_A_FRESH_BUFFER = """
+import resource, sys, torch
+from nffk.bench import allocator
+print(allocator.apply(sys.argv[1]))
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(10_000_000)
+    del x
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+for _ in range(10):
+    faults()
+print(faults())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the malloc policy is glibc's")
+@pytest.mark.parametrize("policy", allocator.POLICIES)
+def test_malloc_policy(policy):
+    result = subprocess.run([sys.executable, "-c", _FAULTS_OF_A_FRESH_BUFFER, policy], capture_output=True,
+                            text=True, check=True)
+    applied, faults = result.stdout.split()
+    assert applied == policy
+    pages = 40e6 / 4096
+    if policy == "keep":
+        assert int(faults) < 0.1 * pages
+    else:
+        assert int(faults) > 0.5 * pages
+
+
+def test_unknown_malloc_policy_is_a_clear_error():
+    with pytest.raises(ValueError, match="expected one of keep, system"):
+        allocator.apply("jemalloc")

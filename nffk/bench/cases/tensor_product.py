@@ -8,9 +8,10 @@ so each moves the same bytes and does about the forward's FLOPs; forward+backwar
 double backward 6.
 
 forward+backward and double backward put a loss on the output (`out.pow(2).sum()`), whose torch
-ops cost the same whoever computed `out` (for high-order at E = 200: ~80 ms, more than nffk's three
-kernels); "backward, dL/dout given" runs the same three kernels from a given output gradient, as
-operator benchmarks do, so its ratios are the operators'."""
+ops cost the same whoever computed `out` (for high-order at E = 200: ~15 ms, half of nffk's three
+kernels, and more where glibc gives its temporaries fresh pages); "backward, dL/dout given"
+runs the same three kernels from a given output gradient, as operator benchmarks do, so its ratios
+are the operators'."""
 from __future__ import annotations
 
 import torch
@@ -153,8 +154,7 @@ def forward_backward(module):
 def backward_given(module):
     """Forward, then backward from a given dL/dout (fixed random numbers, one tensor for every input
     set, drawn on the untimed warm-up call): the operator's own gradient kernels without the loss
-    on its output, which costs torch a few passes over that output (with fresh pages) whatever
-    computed it."""
+    on its output, which costs torch a few passes over that output whatever computed it."""
     given = []
 
     def run(x1, x2, w):

@@ -1,0 +1,47 @@
+"""How the C allocator of a benchmark process treats big freed blocks.
+
+PyTorch's CPU tensors come from the C library's malloc, which has no cache for big blocks: glibc
+serves a block of 32 MiB or more (less at first) with a fresh mmap and unmaps it on free, so
+every big temporary starts with one page fault per 4 KiB. On our VM a fresh 36 MB product costs
+17 ms against 2 ms in place, and implementations with more and bigger temporaries (the peers)
+pay it most. PyTorch's CPU tuning guides have such processes run with a caching allocator
+(jemalloc, tcmalloc); the bench asks glibc for the same, for every implementation alike: serve
+big blocks from the heap and keep freed memory for reuse. `--malloc system` measures the
+library's default instead. (nffk's own big outputs come from its pool of kept mappings,
+csrc/cpu/mapped_outputs.cpp, under either policy.)
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import platform
+
+POLICIES = ("keep", "system")
+# mallopt parameters (glibc's malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_NEVER_TRIM = 2**31 - 1  # bytes: mallopt takes an int
+
+
+def _glibc_mallopt():
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+
+
+def apply(policy: str) -> str:
+    """Set the process's malloc policy; returns what is in effect, as the report says it."""
+    if policy not in POLICIES:
+        raise ValueError(f"malloc policy {policy!r}: expected one of {', '.join(POLICIES)}")
+    if policy == "system":
+        return "system"
+    mallopt = _glibc_mallopt()
+    if mallopt is None:
+        return "system (keep needs glibc)"
+    # Blocks from the heap instead of mmap, and freed heap memory not given back (up to 2 GiB at its top).
+    if mallopt(_M_MMAP_MAX, 0) != 1 or mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) != 1:
+        return "system (mallopt refused)"
+    return "keep"
