@@ -237,8 +237,9 @@ void run_conv(ConvKernel kernel, const char* op, const at::Tensor& x, const at::
               const at::Tensor& w, const Graph& graph, const at::Tensor& out, const at::Tensor& table,
               const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
               bool weighted_only, int64_t dim1, int64_t dim2, int64_t dim_out, int64_t weight_numel, bool shared) {
-  const Program<T> prog = build_program<T>(op, table, coefficients, cg_index, cg_value, dim1, dim2, dim_out,
-                                           weight_numel, weighted_only || kernel == ConvKernel::kVjpW);
+  const auto program = cached_program<T>(op, table, coefficients, cg_index, cg_value, dim1, dim2, dim_out,
+                                         weight_numel, weighted_only || kernel == ConvKernel::kVjpW);
+  const Program<T>& prog = *program;
   auto data = [](const at::Tensor& t) -> const T* { return t.defined() ? t.data_ptr<T>() : nullptr; };
   const int64_t wstride = shared ? 0 : weight_numel;
   T* po = out.data_ptr<T>();

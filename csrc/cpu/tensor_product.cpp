@@ -16,8 +16,9 @@ void run_kernel(Kernel kernel, const char* op, const at::Tensor& x1, const at::T
                 const at::Tensor& w, const at::Tensor& out, const at::Tensor& table, const at::Tensor& coefficients,
                 const at::Tensor& cg_index, const at::Tensor& cg_value, bool weighted_only, int64_t batch,
                 int64_t dim1, int64_t dim2, int64_t dim_out, int64_t weight_numel, bool shared) {
-  const Program<T> prog = build_program<T>(op, table, coefficients, cg_index, cg_value, dim1, dim2, dim_out,
-                                           weight_numel, weighted_only || kernel == Kernel::kVjpW);
+  const auto program = cached_program<T>(op, table, coefficients, cg_index, cg_value, dim1, dim2, dim_out,
+                                         weight_numel, weighted_only || kernel == Kernel::kVjpW);
+  const Program<T>& prog = *program;
   auto rows = [](const at::Tensor& t, int64_t stride) {
     return Rows<const T>{t.defined() ? t.data_ptr<T>() : nullptr, stride, nullptr};
   };

@@ -251,6 +251,24 @@ class TestMisuse:
         with pytest.raises(backends.BackendUnavailable, match="no 'cpu' implementation"):
             tensor_product(torch.randn(2, 2), torch.randn(2, 3), torch.randn(6), uvv, backend="cpu")
 
+    def test_tables_changed_in_place_are_read_again(self):
+        # The cpu backend keeps the programs it built from recent tables: a table edited in place
+        # between two calls must give the edited product, and an edit that breaks it must still
+        # be rejected.
+        x1, x2, w = self.inputs()
+        tables = self.plan.kernel_tables("cpu", torch.float32)
+        args = [tables[k].clone() for k in ("paths", "coefficients", "cg_index", "cg_value")]
+        op = torch.ops.nffk_C.tp_forward
+        first, second = torch.empty(4, self.plan.dim_out), torch.empty(4, self.plan.dim_out)
+        op(x1, x2, w, *args, False, first)
+        args[1].mul_(2)  # every path's coefficient
+        op(x1, x2, w, *args, False, second)
+        assert first.abs().max() > 0
+        torch.testing.assert_close(second, 2 * first)
+        args[2][0, 0] = 99
+        with pytest.raises(RuntimeError, match="out of range"):
+            op(x1, x2, w, *args, False, second)
+
     def test_the_compiled_ops_reject_what_would_read_out_of_bounds(self):
         x1, x2, w = self.inputs()
         tables = self.plan.kernel_tables("cpu", torch.float32)
