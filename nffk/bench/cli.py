@@ -39,7 +39,8 @@ def add_arguments(parser):
     parser.add_argument("--malloc", default="keep", choices=allocator.POLICIES,
                         help="keep (default): glibc keeps freed memory for reuse, as a caching allocator "
                              "(jemalloc, tcmalloc) would, for every implementation alike; system: the C library's "
-                             "default, which gives each big temporary fresh pages (see nffk/bench/allocator.py)")
+                             "default, which gives each big temporary fresh pages. Set for the whole process, so "
+                             "it stays in effect after an in-process call (see nffk/bench/allocator.py)")
     parser.add_argument("--reference", action="store_true",
                         help="also time nffk's pure-torch reference backend where 'auto' picks a kernel")
     parser.add_argument("--json", metavar="FILE", help="write the full report (machine, versions, every time) here")
