@@ -87,6 +87,19 @@ def resolve(op: str, backend: str, device: torch.device, implemented) -> str:
     return backend
 
 
+_SUPPORTED: dict = {}  # (id of a SUPPORTS table, plan id) -> the backends whose predicate holds
+
+
+def implemented_by(supports: dict, dtypes: dict, plan, dtype: torch.dtype | None = None) -> tuple:
+    """Backends of `supports` (name -> predicate on a plan) that implement `plan` and, if given,
+    compute in `dtype` (`dtypes`: name -> dtypes; a backend not in it computes in any). Plans do
+    not change, so each plan's predicates run once: they walk its paths, a cost on every call."""
+    key = (id(supports), plan.id)
+    if key not in _SUPPORTED:
+        _SUPPORTED[key] = tuple(name for name, holds in supports.items() if holds(plan))
+    return tuple(name for name in _SUPPORTED[key] if dtype is None or dtype in dtypes.get(name, (dtype,)))
+
+
 def check_dtype(op: str, backend: str, dtype: torch.dtype, dtypes: dict) -> None:
     """A backend asked for by name that does not compute in `dtype` is an error saying so
     (`dtypes`: backend name -> the dtypes it computes in; "auto" simply skips such backends)."""

@@ -159,8 +159,7 @@ DTYPES = {"cpu": TP_DTYPES["cpu"], "cuda": CUDA_DTYPES}
 
 def implemented_backends(plan: TensorProductPlan, dtype: torch.dtype | None = None) -> tuple:
     """Backends that implement this plan (and, if given, compute in this dtype)."""
-    return tuple(name for name, supports in SUPPORTS.items()
-                 if supports(plan) and (dtype is None or dtype in DTYPES.get(name, (dtype,))))
+    return backends.implemented_by(SUPPORTS, DTYPES, plan, dtype)
 
 
 # Custom ops: the graph travels as its five tensors.
@@ -304,4 +303,7 @@ def conv(node_features: torch.Tensor, edge_sh: torch.Tensor, edge_weights: torch
                          f"{x.dtype}, {sh.dtype}, {edge_weights.dtype}")
     backends.check_dtype("conv", backend, x.dtype, DTYPES)
     chosen = backends.resolve("conv", backend, x.device, implemented_backends(plan, x.dtype))
-    return C(x.contiguous(), sh.contiguous(), edge_weights.contiguous(), *graph, plan.id, chosen, False)
+    x, sh, edge_weights = x.contiguous(), sh.contiguous(), edge_weights.contiguous()
+    if _autograd.direct_call_is_safe(x, sh, edge_weights):
+        return KERNELS[chosen].forward(plan, x, sh, edge_weights, graph, False)
+    return C(x, sh, edge_weights, *graph, plan.id, chosen, False)

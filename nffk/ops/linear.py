@@ -191,8 +191,7 @@ DTYPES = {"cpu": CPU_DTYPES}
 
 def implemented_backends(plan: LinearPlan, dtype: torch.dtype | None = None) -> tuple:
     """Backends that implement this plan (and, if given, compute in this dtype)."""
-    return tuple(name for name, supports in SUPPORTS.items()
-                 if supports(plan) and (dtype is None or dtype in DTYPES.get(name, (dtype,))))
+    return backends.implemented_by(SUPPORTS, DTYPES, plan, dtype)
 
 
 @torch.library.custom_op("nffk::linear_forward", mutates_args=())
@@ -286,4 +285,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, plan: LinearPlan, backend: str
         weight.expand(*batch_shape, plan.weight_numel).reshape(elements, plan.weight_numel).contiguous()
     backends.check_dtype("linear", backend, x.dtype, DTYPES)
     chosen = backends.resolve("linear", backend, x.device, implemented_backends(plan, x.dtype))
-    return torch.ops.nffk.linear_forward(xf, wf, plan.id, chosen).reshape(*batch_shape, plan.dim_out)
+    if _autograd.direct_call_is_safe(xf, wf):
+        out = KERNELS[chosen].forward(plan, xf, wf)
+    else:
+        out = torch.ops.nffk.linear_forward(xf, wf, plan.id, chosen)
+    return out.reshape(*batch_shape, plan.dim_out)

@@ -25,12 +25,12 @@ from fractions import Fraction
 from typing import List, Tuple
 
 import torch
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from nffk import backends, o3
 from nffk.o3.spherical_harmonics import (_degrees, _scaled_coefficients, _sqrt_rational,
                                          spherical_harmonics_coefficients)
 from nffk.ops import _outputs
+from nffk.ops._autograd import direct_call_is_safe
 
 CPU_DTYPES = (torch.float32, torch.float64)
 # Backend -> the dtypes it computes in ("triton" converts others to float32 and back).
@@ -309,17 +309,6 @@ _sh_triton_jvp.register_autograd(_triton_backward_jvp, setup_context=_save_trito
 _sh_triton_hvp.register_autograd(_triton_backward_hvp, setup_context=_save_triton)
 
 
-def _direct_call_is_safe(x: torch.Tensor) -> bool:
-    """Whether a forward of x may call the compiled kernel without the custom op (whose dispatch
-    costs ~30 us a call, as long as a small kernel): a plain tensor that autograd does not record,
-    under no functorch transform (vmap, grad) or dispatch mode, outside torch.compile (which traces
-    the custom op with fake tensors)."""
-    if torch.compiler.is_compiling():  # first: Dynamo cannot trace the checks below
-        return False
-    return (type(x) is torch.Tensor and not (x.requires_grad and torch.is_grad_enabled())
-            and not torch._C._functorch.is_functorch_wrapped_tensor(x) and not is_in_torch_dispatch_mode())
-
-
 def implemented_backends(ls, dtype: torch.dtype) -> tuple:
     """Backends that implement these degrees in this dtype."""
     names = ["reference", "triton"]
@@ -352,7 +341,7 @@ def spherical_harmonics(ls, x: torch.Tensor, normalize: bool = True, normalizati
         if normalize:
             flat = torch.nn.functional.normalize(flat, dim=-1, eps=NORMALIZE_EPS)
         out = torch.ops.nffk.sh_triton_forward(flat, degrees, NORMALIZATIONS.index(normalization))
-    elif _direct_call_is_safe(flat):
+    elif direct_call_is_safe(flat):
         out = _forward(flat, degrees, bool(normalize), NORMALIZATIONS.index(normalization))
     else:
         out = torch.ops.nffk.sh_forward(flat, degrees, bool(normalize), NORMALIZATIONS.index(normalization))

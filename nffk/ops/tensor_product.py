@@ -533,8 +533,7 @@ DTYPES = {"cpu": CPU_DTYPES, "cuda": CUDA_DTYPES}
 
 def implemented_backends(plan: TensorProductPlan, dtype: torch.dtype | None = None) -> tuple:
     """Backends that implement this plan (and, if given, compute in this dtype)."""
-    return tuple(name for name, supports in SUPPORTS.items()
-                 if supports(plan) and (dtype is None or dtype in DTYPES.get(name, (dtype,))))
+    return backends.implemented_by(SUPPORTS, DTYPES, plan, dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -663,16 +662,26 @@ def tensor_product(x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | No
                          f"(per element), got {tuple(weight.shape)}")
     shared = weight.dim() == 1
     shapes = [x1.shape[:-1], x2.shape[:-1]] + ([] if shared else [weight.shape[:-1]])
-    try:
-        batch_shape = torch.broadcast_shapes(*shapes)
-    except RuntimeError:
-        raise ValueError(f"batch shapes of x1 {tuple(x1.shape[:-1])}, x2 {tuple(x2.shape[:-1])}"
-                         f"{'' if shared else f' and weight {tuple(weight.shape[:-1])}'} do not broadcast") from None
+    if all(shape == shapes[0] for shape in shapes):  # the usual case, without broadcast_shapes' cost
+        batch_shape = shapes[0]
+    else:
+        try:
+            batch_shape = torch.broadcast_shapes(*shapes)
+        except RuntimeError:
+            raise ValueError(f"batch shapes of x1 {tuple(x1.shape[:-1])}, x2 {tuple(x2.shape[:-1])}"
+                             f"{'' if shared else f' and weight {tuple(weight.shape[:-1])}'} do not broadcast") from None
     elements = math.prod(batch_shape)
-    flat = lambda t, d: t.expand(*batch_shape, d).reshape(elements, d).contiguous()  # noqa: E731
+
+    def flat(t, d):
+        if t.shape[:-1] != batch_shape:
+            t = t.expand(*batch_shape, d)
+        return t.reshape(elements, d).contiguous()
     x1f, x2f = flat(x1, plan.dim_in1), flat(x2, plan.dim_in2)
     wf = weight.contiguous() if shared else flat(weight, plan.weight_numel)
     backends.check_dtype("tensor_product", backend, x1.dtype, DTYPES)
     chosen = backends.resolve("tensor_product", backend, x1.device, implemented_backends(plan, x1.dtype))
-    out = torch.ops.nffk.tp_forward(x1f, x2f, wf, plan.id, chosen, False)
+    if _autograd.direct_call_is_safe(x1f, x2f, wf):
+        out = KERNELS[chosen].forward(plan, x1f, x2f, wf, False)
+    else:
+        out = torch.ops.nffk.tp_forward(x1f, x2f, wf, plan.id, chosen, False)
     return out.reshape(*batch_shape, plan.dim_out)
