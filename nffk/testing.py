@@ -90,6 +90,25 @@ def random_tensor_product(gen: torch.Generator, modes=MODES, lmax: int = 3, max_
         return TensorProductConfig(irreps1, irreps2, irreps_out, instructions, options)
 
 
+# (irreps_in1, irreps_in2, irreps_out, instructions) of plans with output blocks that the cpu
+# backend's direct kernels take (csrc/cpu/tp_direct.h: one uvu path with one x2 channel, channels a
+# multiple of the vector width; up to 7 components interleaved in registers, more through register
+# transposes), next to blocks that are not theirs (8 channels in float32, several paths into one
+# block), unweighted paths among them.
+DIRECT_PLANS = [
+    ("16x0e+32x1o+16x2e", "0e+1o+2e", "16x0e+32x1e+32x3o+16x3o", [
+        (0, 0, 0, "uvu", True), (1, 1, 1, "uvu", True), (1, 2, 2, "uvu", False), (2, 1, 3, "uvu", True)]),
+    ("32x0e+16x1o+8x1e+16x3o", "0e+1o+3o", "32x0e+16x1o+8x2o+16x2e+16x4e+16x2e", [
+        (0, 0, 0, "uvu", True), (1, 0, 1, "uvu", True), (1, 0, 1, "uvu", True), (2, 1, 2, "uvu", True),
+        (1, 1, 3, "uvu", True), (3, 2, 4, "uvu", True), (3, 1, 5, "uvu", False)]),
+    ("16x5o+32x6e", "1o+0e", "16x6e+16x5e+32x6e", [(0, 0, 0, "uvu", True), (0, 0, 1, "uvu", True),
+                                                   (1, 1, 2, "uvu", True)]),
+    # uvw paths of 9 and 13 components: the register-transposed weight contraction (partial groups
+    # of channels on both sides, two x2 channels)
+    ("17x5o+5x4e", "1o+2x0e", "9x6e+20x4e", [(0, 0, 0, "uvw", True), (1, 1, 1, "uvw", True)]),
+]
+
+
 @contextlib.contextmanager
 def poisoned_outputs():
     """Inside this context every output buffer nffk hands to a compiled kernel starts as NaN, so an

@@ -71,6 +71,18 @@ inline void load_rows(const T* rows, Reg<T>* cols) {
   }
 }
 
+// gk[k] = component k of g for the N channels from u0, g either the block in its row (e3nn's
+// [mul][D] order; g_ld == 0) or a channel-major block [D][g_ld] (the convolution converts each
+// receiver's gradient row once per call).
+template <typename T, int D>
+inline void load_g(const T* g, int64_t g_ld, int64_t u0, Reg<T>* gk) {
+  if (g_ld == 0) {
+    load_rows<T, D>(g + u0 * D, gk);
+    return;
+  }
+  for (int k = 0; k < D; ++k) gk[k] = Tile<T>::load_full(g + k * g_ld + u0);
+}
+
 // v[k] *= w[u] for the N channels from u0 (w == nullptr: an unweighted path, unchanged).
 template <typename T, int D>
 inline void scale_by_weights(const T* w, int64_t u0, Reg<T>* v) {
@@ -97,13 +109,14 @@ void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, in
   }
 }
 
-// gX[i][u] += sum_k A[i][k] w[u] g[u][k], g read from its row (g = row + offset), gX channel-major.
+// gX[i][u] += sum_k A[i][k] w[u] g[u][k] (g and g_ld as for load_g), gX channel-major.
 template <typename T, int D3>
-void vjp_x1(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, const T* w, T* gX, int64_t ld) {
+void vjp_x1(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, int64_t g_ld, const T* w, T* gX,
+            int64_t ld) {
   constexpr int N = Tile<T>::N;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
     Reg<T> gk[D3];
-    load_rows<T, D3>(g + u0 * D3, gk);
+    load_g<T, D3>(g, g_ld, u0, gk);
     scale_by_weights<T, D3>(w, u0, gk);
     for (int32_t i = 0; i < d1; ++i) {
       Reg<T> acc = Tile<T>::load_full(gX + i * ld + u0);
@@ -113,14 +126,15 @@ void vjp_x1(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, con
   }
 }
 
-// gw[u] (+)= sum_k g[u][k] sum_i A[i][k] X[i][u], into the weight row (gw = row + weight offset).
+// gw[u] (+)= sum_k g[u][k] sum_i A[i][k] X[i][u], into the weight row (gw = row + weight offset;
+// g and g_ld as for load_g).
 template <typename T, int D3>
-void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* g, T* gw,
-           bool accumulate) {
+void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* g, int64_t g_ld,
+           T* gw, bool accumulate) {
   constexpr int N = Tile<T>::N;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
     Reg<T> gk[D3], y[D3];
-    load_rows<T, D3>(g + u0 * D3, gk);
+    load_g<T, D3>(g, g_ld, u0, gk);
     for (int k = 0; k < D3; ++k) y[k] = Tile<T>::zero();
     for (int32_t i = 0; i < d1; ++i) {
       const Reg<T> x = Tile<T>::load_full(X + i * ld + u0);
@@ -136,12 +150,12 @@ void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int6
 // weighted g goes channel-major into G ([D3][mul], L1) once, then each pair's products are summed
 // over the channel groups in a register and N pairs at a time reduced (Tile::sum_rows).
 template <typename T, int D3>
-void vjp_x2(const tp::Path<T>& p, int64_t mul, const T* X, int64_t ld, const T* g, const T* w, T* G, T* S,
-            int64_t stride) {
+void vjp_x2(const tp::Path<T>& p, int64_t mul, const T* X, int64_t ld, const T* g, int64_t g_ld, const T* w, T* G,
+            T* S, int64_t stride) {
   constexpr int N = Tile<T>::N;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
     Reg<T> gk[D3];
-    load_rows<T, D3>(g + u0 * D3, gk);
+    load_g<T, D3>(g, g_ld, u0, gk);
     scale_by_weights<T, D3>(w, u0, gk);
     for (int k = 0; k < D3; ++k) Tile<T>::store_full(G + k * mul + u0, gk[k]);
   }
@@ -170,13 +184,14 @@ template <typename T, int D3>
 void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* w, T* out,
              bool stream);
 template <typename T, int D3>
-void vjp_x1(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, const T* w, T* gX, int64_t ld);
+void vjp_x1(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, int64_t g_ld, const T* w, T* gX,
+            int64_t ld);
 template <typename T, int D3>
-void vjp_x2(const tp::Path<T>& p, int64_t mul, const T* X, int64_t ld, const T* g, const T* w, T* G, T* S,
-            int64_t stride);
+void vjp_x2(const tp::Path<T>& p, int64_t mul, const T* X, int64_t ld, const T* g, int64_t g_ld, const T* w, T* G,
+            T* S, int64_t stride);
 template <typename T, int D3>
-void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* g, T* gw,
-           bool accumulate);
+void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* g, int64_t g_ld,
+           T* gw, bool accumulate);
 #endif
 
 }  // namespace nffk::cpu::direct

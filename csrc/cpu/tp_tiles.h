@@ -689,14 +689,15 @@ struct StoreRows {
 };
 
 // If the direct kernels (tp_direct.h) take output block b: kernel(d3, path, x1 block, e) for every
-// element e of the tile (d3 an integral_constant) and true; else false. reads_g_rows: the kernel
-// reads g from its rows, which the convolution hands over channel-major instead (not theirs).
+// element e of the tile (d3 an integral_constant) and true; else false. reads_g: the kernel reads
+// g (direct_g says where).
 template <typename T, typename Kernel>
-bool run_direct(const Program<T>& prog, const TileIO<T>& io, size_t b, bool reads_g_rows, Kernel&& kernel) {
+bool run_direct(const Program<T>& prog, const TileIO<T>& io, size_t b, bool reads_g, Kernel&& kernel) {
   if constexpr (!direct::kAvailable) {
     return false;
   } else {
-    if (!prog.direct[b] || (reads_g_rows && io.g_channel_major)) return false;
+    if (!prog.direct[b]) return false;
+    const bool reads_g_rows = reads_g && !io.g_channel_major;
     const int32_t n = prog.group_begin[b];
     const tp::Path<T>& p = prog.paths[n];
     const Block& xb = prog.x1_blocks[prog.path_x1[n]];
@@ -713,6 +714,15 @@ bool run_direct(const Program<T>& prog, const TileIO<T>& io, size_t b, bool read
     });
     return true;
   }
+}
+
+// Where a direct kernel reads element e's g of output block b: (pointer, g_ld) for load_g, i.e. the
+// block in its row, or the channel-major block the convolution hands over.
+template <typename T>
+std::pair<const T*, int64_t> direct_g(const Program<T>& prog, const TileIO<T>& io, size_t b, int64_t e) {
+  const Block& ob = prog.out_blocks[b];
+  if (io.g_channel_major) return {io.g[e] + ob.slot, ob.ld};
+  return {io.g[e] + ob.offset, 0};
 }
 
 // Element e's weights of a path of one x2 channel (nullptr: unweighted).
@@ -776,7 +786,8 @@ void vjp_x1_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
     const Block& ob = prog.out_blocks[b];
     project_group(prog, b, s.x2t, s.A);
     const bool done = run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
-      direct::vjp_x1<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, TE, io.g[e] + p.offset_out, path_weights(p, io, e),
+      const auto [g, g_ld] = direct_g(prog, io, b, e);
+      direct::vjp_x1<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, TE, g, g_ld, path_weights(p, io, e),
                                              s.gx1c + e * prog.x1_scratch + xb.slot, xb.ld);
     });
     if (done) continue;
@@ -826,8 +837,9 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
     const tp::Path<T>& first = prog.paths[prog.group_begin[b]];
     const bool done = first.d3 <= 7 && run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p,
                                                                          const Block& xb, int64_t e) {
-      direct::vjp_x2<T, decltype(d3)::value>(p, p.mul1, x1_channel_major(prog, io, s.x1c, e) + xb.slot, xb.ld,
-                                             io.g[e] + p.offset_out, path_weights(p, io, e), s.staged_g, s.A + e, TE);
+      const auto [g, g_ld] = direct_g(prog, io, b, e);
+      direct::vjp_x2<T, decltype(d3)::value>(p, p.mul1, x1_channel_major(prog, io, s.x1c, e) + xb.slot, xb.ld, g,
+                                             g_ld, path_weights(p, io, e), s.staged_g, s.A + e, TE);
     });
     if (done) {
       tp::unproject_x2<T, TE>(first, s.A, s.gx2t + first.offset2 * TE);
@@ -893,8 +905,9 @@ void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, WeightStore store, 
     project_group(prog, b, s.x2t, s.A);
     const bool done = run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
       if (!p.has_weight) return;  // vjp_w's programs keep weighted paths only
+      const auto [g, g_ld] = direct_g(prog, io, b, e);
       direct::vjp_w<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, TE, x1_channel_major(prog, io, s.x1c, e) + xb.slot,
-                                            xb.ld, io.g[e] + p.offset_out, target(p, e), accumulate);
+                                            xb.ld, g, g_ld, target(p, e), accumulate);
       finish(p, e);
     });
     if (done) continue;

@@ -8,7 +8,7 @@ import torch
 from nffk import _ext, backends
 from nffk.ops.conv import KERNELS, ConvGraph, conv, implemented_backends
 from nffk.ops.tensor_product import TensorProductPlan, tensor_product
-from nffk.testing import assert_thread_count_independent, poisoned_outputs, random_tensor_product
+from nffk.testing import DIRECT_PLANS, assert_thread_count_independent, poisoned_outputs, random_tensor_product
 
 pytestmark = pytest.mark.skipif(not _ext.loaded(), reason="the compiled extension is not built")
 
@@ -55,35 +55,50 @@ def relative_error(got, expected):
     return ((got.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-300)).item()
 
 
+def compare_every_kernel(plan, kind, dtype, shared, gen, label):
+    """The four cpu kernels against the reference on a random graph of `kind`."""
+    reference, cpu = KERNELS["reference"], KERNELS["cpu"]
+    senders, receivers, n = random_graph(gen, kind)
+    graph = ConvGraph.build(senders, receivers, n)
+    e = senders.numel()
+    x, g = (torch.randn(n, d, dtype=torch.float64, generator=gen) for d in (plan.dim_in1, plan.dim_out))
+    sh = torch.randn(e, plan.dim_in2, dtype=torch.float64, generator=gen)
+    w = torch.randn(*(() if shared else (e,)), plan.weight_numel, dtype=torch.float64, generator=gen)
+    # The reference runs in float64 on the same (rounded) inputs: the error is the kernel's alone.
+    x, g, sh, w = (t.to(dtype).double() for t in (x, g, sh, w))
+    low = lambda t: t.to(dtype)  # noqa: E731
+    for only in (False, True):
+        with poisoned_outputs():
+            got = [cpu.forward(plan, low(x), low(sh), low(w), graph, only),
+                   cpu.vjp_x(plan, low(g), low(sh), low(w), graph, only),
+                   cpu.vjp_sh(plan, low(x), low(g), low(w), graph, only),
+                   cpu.vjp_w(plan, low(x), low(sh), low(g), graph, shared)]
+        expected = [reference.forward(plan, x, sh, w, graph, only), reference.vjp_x(plan, g, sh, w, graph, only),
+                    reference.vjp_sh(plan, x, g, w, graph, only), reference.vjp_w(plan, x, sh, g, graph, shared)]
+        for name, a, b in zip(("forward", "vjp_x", "vjp_sh", "vjp_w"), got, expected):
+            assert a.dtype == dtype
+            assert relative_error(a, b) <= TOLERANCE[dtype], (name, only, kind, label)
+    if n:  # isolated atoms neither receive messages nor get gradients from edges
+        assert torch.all(got[0][-2:] == 0) and torch.all(got[1][-2:] == 0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shared", [False, True])
 def test_every_kernel_matches_the_reference(dtype, shared, seeded):
-    reference, cpu = KERNELS["reference"], KERNELS["cpu"]
     kinds = ("random", "hub", "random", "empty", "random", "no_nodes")
     for k, config in enumerate(random_configs(seeded, 6)):
-        plan = make_plan(config)
-        senders, receivers, n = random_graph(seeded, kinds[k])
-        graph = ConvGraph.build(senders, receivers, n)
-        e = senders.numel()
-        x, g = (torch.randn(n, d, dtype=torch.float64, generator=seeded) for d in (plan.dim_in1, plan.dim_out))
-        sh = torch.randn(e, plan.dim_in2, dtype=torch.float64, generator=seeded)
-        w = torch.randn(*(() if shared else (e,)), plan.weight_numel, dtype=torch.float64, generator=seeded)
-        # The reference runs in float64 on the same (rounded) inputs: the error is the kernel's alone.
-        x, g, sh, w = (t.to(dtype).double() for t in (x, g, sh, w))
-        low = lambda t: t.to(dtype)  # noqa: E731
-        for only in (False, True):
-            with poisoned_outputs():
-                got = [cpu.forward(plan, low(x), low(sh), low(w), graph, only),
-                       cpu.vjp_x(plan, low(g), low(sh), low(w), graph, only),
-                       cpu.vjp_sh(plan, low(x), low(g), low(w), graph, only),
-                       cpu.vjp_w(plan, low(x), low(sh), low(g), graph, shared)]
-            expected = [reference.forward(plan, x, sh, w, graph, only), reference.vjp_x(plan, g, sh, w, graph, only),
-                        reference.vjp_sh(plan, x, g, w, graph, only), reference.vjp_w(plan, x, sh, g, graph, shared)]
-            for name, a, b in zip(("forward", "vjp_x", "vjp_sh", "vjp_w"), got, expected):
-                assert a.dtype == dtype
-                assert relative_error(a, b) <= TOLERANCE[dtype], (name, only, kinds[k], config)
-        if n:  # isolated atoms neither receive messages nor get gradients from edges
-            assert torch.all(got[0][-2:] == 0) and torch.all(got[1][-2:] == 0)
+        compare_every_kernel(make_plan(config), kinds[k], dtype, shared, seeded, config)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shared", [False, True])
+def test_direct_kernels_match_the_reference(dtype, shared, seeded):
+    # Blocks the direct kernels take, reading the receivers' gradients in the conv's channel-major
+    # layout (vjp_x, vjp_sh, vjp_w).
+    for irreps1, irreps2, irreps_out, instructions in DIRECT_PLANS:
+        plan = TensorProductPlan(irreps1, irreps2, irreps_out, instructions)
+        for kind in ("random", "hub"):
+            compare_every_kernel(plan, kind, dtype, shared, seeded, (irreps1, irreps2, irreps_out))
 
 
 def unfused(x, sh, w, plan, graph):
