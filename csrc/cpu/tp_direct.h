@@ -91,6 +91,18 @@ inline void scale_by_weights(const T* w, int64_t u0, Reg<T>* v) {
   for (int k = 0; k < D; ++k) v[k] = Tile<T>::mul(v[k], wv);
 }
 
+// acc[k] = w[u] sum_i A[i][k] X[i][u] for the N channels from u0: an edge's output block.
+template <typename T, int D3>
+inline void forward_channels(int32_t d1, const T* A, int64_t stride, const T* X, int64_t ld, const T* w, int64_t u0,
+                             Reg<T>* acc) {
+  for (int k = 0; k < D3; ++k) acc[k] = Tile<T>::zero();
+  for (int32_t i = 0; i < d1; ++i) {
+    const Reg<T> x = Tile<T>::load_full(X + i * ld + u0);
+    for (int k = 0; k < D3; ++k) acc[k] = Tile<T>::fma(Tile<T>::set1(A[(i * D3 + k) * stride]), x, acc[k]);
+  }
+  scale_by_weights<T, D3>(w, u0, acc);
+}
+
 // out[u][k] = w[u] sum_i A[i][k] X[i][u], stored straight into the output row (out = row + offset),
 // by streaming stores with `stream`.
 template <typename T, int D3>
@@ -99,13 +111,22 @@ void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, in
   constexpr int N = Tile<T>::N;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
     Reg<T> acc[D3];
-    for (int k = 0; k < D3; ++k) acc[k] = Tile<T>::zero();
-    for (int32_t i = 0; i < d1; ++i) {
-      const Reg<T> x = Tile<T>::load_full(X + i * ld + u0);
-      for (int k = 0; k < D3; ++k) acc[k] = Tile<T>::fma(Tile<T>::set1(A[(i * D3 + k) * stride]), x, acc[k]);
-    }
-    scale_by_weights<T, D3>(w, u0, acc);
+    forward_channels<T, D3>(d1, A, stride, X, ld, w, u0, acc);
     store_rows<T, D3>(acc, out + u0 * D3, stream);
+  }
+}
+
+// sum[k][u] += w[u] sum_i A[i][k] X[i][u] into a channel-major block [D3][sum_ld]: the
+// convolution's sum of a receiver's edges.
+template <typename T, int D3>
+void forward_accumulate(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* w,
+                        T* sum, int64_t sum_ld) {
+  constexpr int N = Tile<T>::N;
+  for (int64_t u0 = 0; u0 < mul; u0 += N) {
+    Reg<T> acc[D3];
+    forward_channels<T, D3>(d1, A, stride, X, ld, w, u0, acc);
+    for (int k = 0; k < D3; ++k)
+      Tile<T>::store_full(sum + k * sum_ld + u0, Tile<T>::add(Tile<T>::load_full(sum + k * sum_ld + u0), acc[k]));
   }
 }
 
@@ -183,6 +204,9 @@ inline constexpr bool kAvailable = false;
 template <typename T, int D3>
 void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* w, T* out,
              bool stream);
+template <typename T, int D3>
+void forward_accumulate(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* w,
+                        T* sum, int64_t sum_ld);
 template <typename T, int D3>
 void vjp_x1(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, int64_t g_ld, const T* w, T* gX,
             int64_t ld);

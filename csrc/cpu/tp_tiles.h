@@ -739,15 +739,19 @@ void forward_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, 
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];
     project_group(prog, b, s.x2t, s.A);
-    // (Not for the convolution's sink, which sums the edges of a receiver.)
-    if constexpr (std::is_same_v<Sink, StoreRows<T>>) {
-      const bool done = run_direct(prog, io, b, false, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
-        const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
+    // Into the output row (streamed where it is large), or into the convolution's sum of a receiver.
+    const bool done = run_direct(prog, io, b, false, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
+      const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
+      if constexpr (std::is_same_v<Sink, StoreRows<T>>) {
         direct::forward<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, TE, xc, xb.ld, path_weights(p, io, e),
                                                 io.out[e] + p.offset_out, sink.stream);
-      });
-      if (done) continue;
-    }
+      } else {
+        direct::forward_accumulate<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, TE, xc, xb.ld,
+                                                           path_weights(p, io, e), sink.target(b, e), ob.ld);
+        sink.done(b, e);
+      }
+    });
+    if (done) continue;
     for (int64_t e = 0; e < io.count; ++e) {
       const T* w = io.w[e];
       T* outc = sink.target(b, e);
