@@ -239,7 +239,7 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
 }
 
 // The program of a call, from a cache of recent ones. Building one checks and sorts every CG
-// non-zero: high-order (175 paths, 11,896 non-zeros) ~170 us a call, as much as its kernels on a
+// non-zero: high-order (175 paths, 11,896 non-zeros) ~250 us a call, as much as its kernels on a
 // few dozen edges. The key is everything build_program reads, the tables byte for byte (a table
 // changed in place, or a new one at a freed one's address, is a miss and is checked again).
 template <typename T>
@@ -255,12 +255,12 @@ std::shared_ptr<const Program<T>> cached_program(const char* op, const at::Tenso
     return std::make_shared<const Program<T>>(build_program<T>(op, table, coefficients, cg_index, cg_values, dim1, dim2,
                                                                dim_out, weight_numel, weighted_only));
   }
-  std::vector<int64_t> shape = {dim1, dim2, dim_out, weight_numel, weighted_only};
+  std::vector<int64_t> signature = {dim1, dim2, dim_out, weight_numel, weighted_only};
   size_t bytes = 0;
   for (const at::Tensor* t : tables) {
-    shape.push_back(static_cast<int64_t>(t->scalar_type()));
-    for (int64_t d : t->sizes()) shape.push_back(d);
-    shape.push_back(-1);
+    signature.push_back(static_cast<int64_t>(t->scalar_type()));
+    for (int64_t d : t->sizes()) signature.push_back(d);
+    signature.push_back(-1);
     bytes += t->nbytes();
   }
   auto same_tables = [&](const std::vector<char>& stored) {
@@ -273,7 +273,7 @@ std::shared_ptr<const Program<T>> cached_program(const char* op, const at::Tenso
     return true;
   };
   struct Entry {
-    std::vector<int64_t> shape;
+    std::vector<int64_t> signature;  // dimensions, flags, the tables' dtypes and sizes
     std::vector<char> tables;
     std::shared_ptr<const Program<T>> program;
   };
@@ -282,12 +282,12 @@ std::shared_ptr<const Program<T>> cached_program(const char* op, const at::Tenso
   {
     std::lock_guard<std::mutex> lock(mutex);
     for (auto it = entries.begin(); it != entries.end(); ++it)
-      if (it->shape == shape && same_tables(it->tables)) {
+      if (it->signature == signature && same_tables(it->tables)) {
         entries.splice(entries.begin(), entries, it);
         return it->program;
       }
   }
-  Entry entry{std::move(shape), std::vector<char>(bytes), nullptr};
+  Entry entry{std::move(signature), std::vector<char>(bytes), nullptr};
   entry.program = std::make_shared<const Program<T>>(build_program<T>(op, table, coefficients, cg_index, cg_values,
                                                                       dim1, dim2, dim_out, weight_numel, weighted_only));
   size_t at = 0;
