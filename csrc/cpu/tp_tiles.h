@@ -835,14 +835,10 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];
     if (io.count < TE) std::fill(s.A, s.A + prog.tile_a_size * TE, T(0));  // lanes past the tile's end
-    // Direct up to 7 components only: past that (dozens of CG pairs) the grouped dots of the
-    // general tile were faster (high-order config: 20.6 vs 22.4 ms; since the direct kernel keeps
-    // its pair sums in registers, the same: 17.4 vs 17.7 ms).
     const tp::Path<T>& first = prog.paths[prog.group_begin[b]];
-    const bool done = first.d3 <= 7 && run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p,
-                                                                         const Block& xb, int64_t e) {
+    const bool done = run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
       const auto [g, g_ld] = direct_g(prog, io, b, e);
-      direct::vjp_x2<T, decltype(d3)::value>(p, p.mul1, x1_channel_major(prog, io, s.x1c, e) + xb.slot, xb.ld, g,
+      direct::vjp_x2<T, decltype(d3)::value>(p.d1, p.mul1, x1_channel_major(prog, io, s.x1c, e) + xb.slot, xb.ld, g,
                                              g_ld, path_weights(p, io, e), s.staged_g, s.A + e, TE);
     });
     if (done) {
