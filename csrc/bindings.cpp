@@ -21,6 +21,9 @@ TORCH_LIBRARY(nffk_C, m) {
   m.def("tp_vjp_x1(Tensor g, Tensor x2, Tensor w, " NFFK_TP_TABLES ", bool weighted_only, Tensor(a!) out) -> ()");
   m.def("tp_vjp_x2(Tensor x1, Tensor g, Tensor w, " NFFK_TP_TABLES ", bool weighted_only, Tensor(a!) out) -> ()");
   m.def("tp_vjp_w(Tensor x1, Tensor x2, Tensor g, " NFFK_TP_TABLES ", Tensor(a!) out) -> ()");
+  // The three gradients of one forward with per-element weights, in one pass; empty outputs are skipped.
+  m.def("tp_vjp(Tensor x1, Tensor x2, Tensor w, Tensor g, " NFFK_TP_TABLES
+        ", bool weighted_only, Tensor(a!) gx1, Tensor(b!) gx2, Tensor(c!) gw) -> ()");
   // Fused convolution: the graph's five tensors, then the tensor product's tables.
 #define NFFK_CONV_GRAPH \
   "Tensor senders, Tensor receivers, Tensor receiver_ptr, Tensor sender_order, Tensor sender_ptr, " NFFK_TP_TABLES
@@ -53,6 +56,7 @@ TORCH_LIBRARY_IMPL(nffk_C, CPU, m) {
   m.impl("tp_vjp_x1", &nffk::cpu::tp_vjp_x1);
   m.impl("tp_vjp_x2", &nffk::cpu::tp_vjp_x2);
   m.impl("tp_vjp_w", &nffk::cpu::tp_vjp_w);
+  m.impl("tp_vjp", &nffk::cpu::tp_vjp);
   m.impl("conv_forward", &nffk::cpu::conv_forward);
   m.impl("conv_vjp_x", &nffk::cpu::conv_vjp_x);
   m.impl("conv_vjp_sh", &nffk::cpu::conv_vjp_sh);

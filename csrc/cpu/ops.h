@@ -26,6 +26,12 @@ void tp_vjp_x2(const at::Tensor& x1, const at::Tensor& g, const at::Tensor& w, c
 void tp_vjp_w(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& g, const at::Tensor& paths,
               const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
               const at::Tensor& out);
+// vjp_x1, vjp_x2 and vjp_w of one forward (per-element weights) in one pass over the batch; an
+// empty output is not computed.
+void tp_vjp(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w, const at::Tensor& g,
+            const at::Tensor& paths, const at::Tensor& coefficients, const at::Tensor& cg_index,
+            const at::Tensor& cg_value, bool weighted_only, const at::Tensor& gx1, const at::Tensor& gx2,
+            const at::Tensor& gw);
 
 // Fused neighbour-list convolution (csrc/cpu/conv.cpp): the graph is ConvGraph's five tensors
 // (nffk/ops/conv.py), validated before any kernel runs; write `out`, every element of it.

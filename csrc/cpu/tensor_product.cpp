@@ -51,6 +51,37 @@ void check_rows(const char* op, const char* name, const at::Tensor& t, int64_t b
 
 }  // namespace
 
+void tp_vjp(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w, const at::Tensor& g,
+            const at::Tensor& paths, const at::Tensor& coefficients, const at::Tensor& cg_index,
+            const at::Tensor& cg_value, bool weighted_only, const at::Tensor& gx1, const at::Tensor& gx2,
+            const at::Tensor& gw) {
+  const char* op = "nffk_C::tp_vjp";
+  check_io(op, {{"x1", &x1}, {"x2", &x2}, {"w", &w}, {"g", &g}, {"gx1", &gx1}, {"gx2", &gx2}}, gw);
+  const int64_t batch = x1.size(0);
+  for (const auto& [name, t] : {std::pair{"x1", &x1}, {"x2", &x2}, {"w", &w}, {"g", &g}}) check_rows(op, name, *t, batch);
+  const std::pair<const char*, const at::Tensor*> outputs[] = {{"gx1", &gx1}, {"gx2", &gx2}, {"gw", &gw}};
+  const at::Tensor* like[] = {&x1, &x2, &w};
+  at::Tensor wanted[3];
+  for (int n = 0; n < 3; ++n) {
+    if (outputs[n].second->numel() == 0) continue;  // not wanted
+    TORCH_CHECK(outputs[n].second->sizes() == like[n]->sizes(), op, ": ", outputs[n].first, " must have the shape ",
+                like[n]->sizes(), " (or be empty: not computed), got ", outputs[n].second->sizes());
+    wanted[n] = *outputs[n].second;
+  }
+  AT_DISPATCH_FLOATING_TYPES(x1.scalar_type(), "nffk_tp_vjp", [&] {
+    using T = scalar_t;
+    const int64_t dim1 = x1.size(1), dim2 = x2.size(1), dim_out = g.size(1), numel = w.size(1);
+    const auto program = cached_program<T>(op, paths, coefficients, cg_index, cg_value, dim1, dim2, dim_out, numel,
+                                           weighted_only);
+    const auto weight_program = weighted_only ? program
+                                              : cached_program<T>(op, paths, coefficients, cg_index, cg_value, dim1,
+                                                                  dim2, dim_out, numel, true);
+    auto rows = [](const at::Tensor& t) { return Rows<const T>{t.data_ptr<T>(), t.size(1), nullptr}; };
+    run_backward<T>(*program, *weight_program, ElementOperands<T>{rows(x1), rows(x2), rows(g), rows(w)}, wanted[0],
+                    wanted[1], wanted[2], batch, dim1, dim2, dim_out, numel);
+  });
+}
+
 void tp_forward(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w, const at::Tensor& paths,
                 const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
                 bool weighted_only, const at::Tensor& out) {

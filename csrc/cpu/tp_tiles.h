@@ -970,6 +970,76 @@ struct ElementOperands {
   bool x1_channel_major = false, g_channel_major = false;  // see TileIO
 };
 
+// Tiles per parallel task: enough that a task moves at least ~256 KiB (row = one element's numbers).
+template <typename T>
+int64_t tile_grain(int64_t row) {
+  const int64_t tile_bytes = int64_t(sizeof(T)) * kLanes<T> * row;
+  return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(tile_bytes, 1));
+}
+
+template <typename T>
+TileIO<T> tile_at(const ElementOperands<T>& in, int64_t e0, int64_t count, const Rows<T>& out_rows, int64_t dim1,
+                  int64_t dim2, int64_t dim_out) {
+  TileIO<T> io(e0, count, in.x1, in.x2, in.g, in.w, out_rows, dim1, dim2, dim_out);
+  io.x1_channel_major = in.x1_channel_major;
+  io.g_channel_major = in.g_channel_major;
+  return io;
+}
+
+// Asks for the rows the tile after the one at e0 will read while this one computes; returns what
+// is left of the 1 MiB budget. Gathered rows (the convolution's x at senders, g at receivers) are
+// scattered in memory, so each is fetched on its own. Per-element weights, g rows and x1 rows are
+// read block by block, a few hundred bytes of each of the tile's rows in turn, which the hardware
+// prefetcher does not follow: the next tile's rows of each are one contiguous range, asked for in
+// one sweep (as many as fit in this machine's 1 MiB L2; measured: forward and vjp kernels 1.2-1.5x
+// faster on nequip, mace-medium and fully-connected at E = 1,000).
+template <typename T>
+int64_t prefetch_next_tile(const ElementOperands<T>& in, int64_t e0, int64_t batch) {
+  constexpr int TE = kLanes<T>;
+  for (const Rows<const T>* rows : {&in.x1, &in.g}) {
+    if (rows->index == nullptr || rows->base == nullptr) continue;
+    for (int64_t e = e0 + TE; e < std::min(e0 + 2 * TE, batch); ++e)
+      if (rows->index[e] != rows->index[e - 1]) prefetch_bytes(rows->row(e), rows->stride * int64_t(sizeof(T)));
+  }
+  const int64_t next = std::min(e0 + 2 * TE, batch) - e0 - TE;  // elements of the next tile
+  int64_t budget = int64_t(1) << 20;
+  for (const Rows<const T>* rows : {&in.w, &in.g, &in.x1}) {
+    if (rows->index != nullptr || rows->base == nullptr || rows->stride == 0 || next <= 0) continue;
+    const int64_t bytes = next * rows->stride * int64_t(sizeof(T));
+    if (bytes > budget) continue;
+    prefetch_bytes(rows->row(e0 + TE), bytes);
+    budget -= bytes;
+  }
+  return budget;
+}
+
+// One kernel on one tile, into io.out's rows. x1_row: dim1 numbers of L1 scratch, for streamed
+// x1 gradients.
+template <typename T>
+void run_tile(Kernel kernel, const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, bool stream, T* x1_row) {
+  switch (kernel) {
+    case Kernel::kForward: {
+      for (int64_t e = 0; e < io.count; ++e) fill_gaps(prog.out_gaps, io.out[e]);
+      StoreRows<T> sink{prog, io, s.outc, stream};
+      forward_tile(prog, io, s, sink);
+      break;
+    }
+    case Kernel::kVjpX1:
+      vjp_x1_tile(prog, io, s);
+      for (int64_t e = 0; e < io.count; ++e) {
+        if (stream) {
+          store_x1_row(prog, s.gx1c + e * prog.x1_scratch, x1_row);
+          copy_out(x1_row, io.dim1, io.out[e], true);
+        } else {
+          store_x1_row(prog, s.gx1c + e * prog.x1_scratch, io.out[e]);
+        }
+      }
+      break;
+    case Kernel::kVjpX2: vjp_x2_tile(prog, io, s); break;
+    case Kernel::kVjpW: vjp_w_tile(prog, io, stream ? WeightStore::kStream : WeightStore::kWrite, s); break;
+  }
+}
+
 template <typename T>
 void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T>& in, const at::Tensor& out,
                   int64_t batch, int64_t dim1, int64_t dim2, int64_t dim_out, int64_t weight_numel, bool shared) {
@@ -978,12 +1048,6 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
   advise_huge_pages(po, static_cast<size_t>(out.numel()) * sizeof(T));
   const int64_t wstride = shared ? 0 : weight_numel;
   const int64_t out_stride = out.dim() == 2 ? out.size(1) : 0;
-  auto tile_at = [&](int64_t e0, int64_t count, const Rows<T>& out_rows) {
-    TileIO<T> io(e0, count, in.x1, in.x2, in.g, in.w, out_rows, dim1, dim2, dim_out);
-    io.x1_channel_major = in.x1_channel_major;
-    io.g_channel_major = in.g_channel_major;
-    return io;
-  };
 
   if (kernel == Kernel::kVjpW && shared) {
     const int64_t block = round_up(std::max<int64_t>(64, (batch + 255) / 256), TE);
@@ -994,7 +1058,8 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
       for (int64_t b = begin; b < end; ++b) {
         const Rows<T> acc{partial.data() + b * weight_numel, 0, nullptr};
         for (int64_t e0 = b * block; e0 < std::min(batch, (b + 1) * block); e0 += TE)
-          vjp_w_tile(prog, tile_at(e0, std::min<int64_t>(TE, batch - e0), acc), WeightStore::kAdd, s);
+          vjp_w_tile(prog, tile_at(in, e0, std::min<int64_t>(TE, batch - e0), acc, dim1, dim2, dim_out),
+                     WeightStore::kAdd, s);
       }
     });
     at::parallel_for(0, weight_numel, 1024, [&](int64_t begin, int64_t end) {
@@ -1009,8 +1074,7 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
 
   // Tiles of TE elements; enough tiles per task that a task moves at least ~256 KiB.
   const int64_t tiles = (batch + TE - 1) / TE;
-  const int64_t tile_bytes = int64_t(sizeof(T)) * TE * (dim1 + dim2 + dim_out + wstride);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(tile_bytes, 1));
+  const int64_t grain = tile_grain<T>(dim1 + dim2 + dim_out + wstride);
   const Rows<T> out_rows{po, out_stride, nullptr};
   // Outputs larger than the caches are written by streaming stores: per-element weight gradients
   // (fully-connected: 28 MB at E = 1,000), the forward's direct blocks (nequip: 26 MB) and x1
@@ -1022,53 +1086,57 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
     if (stream && kernel == Kernel::kVjpX1) x1_row.allocate(dim1);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
-      // Gathered rows (the convolution's x at senders, g at receivers) are scattered in memory:
-      // fetch the next tile's while this one computes.
-      for (const Rows<const T>* rows : {&in.x1, &in.g}) {
-        if (rows->index == nullptr || rows->base == nullptr) continue;
-        for (int64_t e = e0 + TE; e < std::min(e0 + 2 * TE, batch); ++e)
-          if (rows->index[e] != rows->index[e - 1]) prefetch_bytes(rows->row(e), rows->stride * int64_t(sizeof(T)));
-      }
-      // Per-element weights, g rows and outputs are read or written block by block, a few hundred
-      // bytes of each of the tile's rows in turn, which the hardware prefetcher does not follow:
-      // the next tile's rows of each are one contiguous range, asked for in one sweep while this
-      // tile computes (as many as fit in this machine's 1 MiB L2; measured: forward and vjp kernels
-      // 1.2-1.5x faster on nequip, mace-medium and fully-connected at E = 1,000).
-      const int64_t next = std::min(e0 + 2 * TE, batch) - e0 - TE;  // elements of the next tile
-      int64_t budget = int64_t(1) << 20;
-      for (const Rows<const T>* rows : {&in.w, &in.g, &in.x1}) {
-        if (rows->index != nullptr || rows->base == nullptr || rows->stride == 0 || next <= 0) continue;
-        const int64_t bytes = next * rows->stride * int64_t(sizeof(T));
-        if (bytes > budget) continue;
-        prefetch_bytes(rows->row(e0 + TE), bytes);
-        budget -= bytes;
-      }
+      const int64_t budget = prefetch_next_tile(in, e0, batch);
+      const int64_t next = std::min(e0 + 2 * TE, batch) - e0 - TE;
       if (out_stride > 0 && !stream && next > 0 && next * out_stride * int64_t(sizeof(T)) <= budget)
         prefetch_bytes_for_write(po + (e0 + TE) * out_stride, next * out_stride * int64_t(sizeof(T)));
-      const TileIO<T> io = tile_at(e0, count, out_rows);
-      switch (kernel) {
-        case Kernel::kForward: {
-          for (int64_t e = 0; e < count; ++e) fill_gaps(prog.out_gaps, io.out[e]);
-          StoreRows<T> sink{prog, io, s.outc, stream};
-          forward_tile(prog, io, s, sink);
-          break;
-        }
-        case Kernel::kVjpX1:
-          vjp_x1_tile(prog, io, s);
-          for (int64_t e = 0; e < count; ++e) {
-            if (stream) {
-              store_x1_row(prog, s.gx1c + e * prog.x1_scratch, x1_row.data());
-              copy_out(x1_row.data(), dim1, io.out[e], true);
-            } else {
-              store_x1_row(prog, s.gx1c + e * prog.x1_scratch, io.out[e]);
-            }
-          }
-          break;
-        case Kernel::kVjpX2: vjp_x2_tile(prog, io, s); break;
-        case Kernel::kVjpW: vjp_w_tile(prog, io, stream ? WeightStore::kStream : WeightStore::kWrite, s); break;
-      }
+      run_tile(kernel, prog, tile_at(in, e0, count, out_rows, dim1, dim2, dim_out), s, stream, x1_row.data());
     }
     if (stream) stream_fence();
+  });
+}
+
+// The three gradients of a forward with per-element weights in one pass over the batch:
+// gx1 = vjp_x1(g, x2, w), gx2 = vjp_x2(x1, g, w), gw = vjp_w(x1, x2, g), each written where its
+// output is defined (two or three of them). Each tile runs the wanted kernels one after the other,
+// so its g, x1, x2 and w (nequip: 16 x 39 KB) come from memory once and from L2 for the
+// second and third kernel; run one by one, every kernel reads them from memory (measured by
+// emulation before writing this: nequip's three kernels at E = 1,000 14.6 -> ~8.5 ms).
+// prog: the program of the x1 and x2 gradients; weight_prog: the weighted paths' (vjp_w's).
+template <typename T>
+void run_backward(const Program<T>& prog, const Program<T>& weight_prog, const ElementOperands<T>& in,
+                  const at::Tensor& gx1, const at::Tensor& gx2, const at::Tensor& gw, int64_t batch, int64_t dim1,
+                  int64_t dim2, int64_t dim_out, int64_t weight_numel) {
+  constexpr int TE = kLanes<T>;
+  struct Output {
+    Kernel kernel;
+    const Program<T>* prog;
+    Rows<T> rows;
+    bool stream;
+  };
+  std::vector<Output> outputs;
+  for (auto [kernel, program, t] : {std::tuple{Kernel::kVjpX1, &prog, &gx1}, std::tuple{Kernel::kVjpX2, &prog, &gx2},
+                                    std::tuple{Kernel::kVjpW, &weight_prog, &gw}}) {
+    if (!t->defined()) continue;
+    advise_huge_pages(t->template data_ptr<T>(), static_cast<size_t>(t->numel()) * sizeof(T));
+    const bool stream = kernel != Kernel::kVjpX2 && t->numel() * int64_t(sizeof(T)) >= kStreamBytes;
+    outputs.push_back({kernel, program, Rows<T>{t->template data_ptr<T>(), t->size(1), nullptr}, stream});
+  }
+  const int64_t tiles = (batch + TE - 1) / TE;
+  const int64_t grain = tile_grain<T>(dim1 + dim2 + dim_out + weight_numel);
+  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+    std::vector<std::unique_ptr<TPScratch<T>>> scratch;
+    for (const Output& o : outputs) scratch.push_back(std::make_unique<TPScratch<T>>(*o.prog, o.kernel, dim2));
+    AlignedBuffer<T> x1_row;
+    x1_row.allocate(dim1);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
+      prefetch_next_tile(in, e0, batch);
+      for (size_t n = 0; n < outputs.size(); ++n)
+        run_tile(outputs[n].kernel, *outputs[n].prog, tile_at(in, e0, count, outputs[n].rows, dim1, dim2, dim_out),
+                 *scratch[n], outputs[n].stream, x1_row.data());
+    }
+    stream_fence();
   });
 }
 

@@ -394,6 +394,19 @@ class CpuKernels:
         shape = (plan.weight_numel,) if shared else (x1.shape[0], plan.weight_numel)
         return _cpu(torch.ops.nffk_C.tp_vjp_w, plan, (x1, x2, g), shape)
 
+    @staticmethod
+    def vjps(plan, x1, x2, w, g, need, weighted_only):
+        """(vjp_x1(g, x2, w), vjp_x2(x1, g, w), vjp_w(x1, x2, g)) where `need` says (else None), in
+        one pass over the batch: each tile's inputs are read from memory once for all three.
+        Per-element weights only (w [batch, weight_numel])."""
+        x1, x2, w, g = (t.contiguous() for t in (x1, x2, w, g))
+        tables = plan.kernel_tables(x1.device, x1.dtype)
+        outs = [_outputs.new(like.shape, like) if wanted else like.new_empty(0)
+                for like, wanted in zip((x1, x2, w), need)]
+        torch.ops.nffk_C.tp_vjp(x1, x2, w, g, tables["paths"], tables["coefficients"], tables["cg_index"],
+                                tables["cg_value"], weighted_only, *outs)
+        return tuple(out if wanted else None for out, wanted in zip(outs, need))
+
 
 # ---------------------------------------------------------------------------------------------
 # CUDA backend: csrc/cuda/tensor_product.cu (element-level arithmetic again from
@@ -593,12 +606,21 @@ F, A, B, W = (torch.ops.nffk.tp_forward, torch.ops.nffk.tp_vjp_x1, torch.ops.nff
               torch.ops.nffk.tp_vjp_w)
 
 
+def _vjps(x1, x2, w, g, need, p, b, only):
+    """(A(g, x2, w), B(x1, g, w), W(x1, x2, g)) where `need` says, else None. Where two or more are
+    wanted, autograd does not record them and the weights are per element, the cpu backend computes
+    them in one pass (CpuKernels.vjps); else each is its own op (differentiable again)."""
+    if (b == "cpu" and sum(need) >= 2 and w.dim() == 2
+            and _autograd.direct_call_is_safe(x1, x2, w, g)):
+        return CpuKernels.vjps(_plans.get(p), x1, x2, w, g, need, only)
+    return (A(g, x2, w, p, b, only) if need[0] else None, B(x1, g, w, p, b, only) if need[1] else None,
+            W(x1, x2, g, p, b, w.dim() == 1) if need[2] else None)
+
+
 def _backward_forward(ctx, g):
     x1, x2, w = ctx.saved_tensors
     p, b, only = ctx.plan_id, ctx.backend, ctx.flag
-    need = _autograd.wanted(ctx, 3)
-    return (A(g, x2, w, p, b, only) if need[0] else None, B(x1, g, w, p, b, only) if need[1] else None,
-            W(x1, x2, g, p, b, w.dim() == 1) if need[2] else None, None, None, None)
+    return (*_vjps(x1, x2, w, g, _autograd.wanted(ctx, 3), p, b, only), None, None, None)
 
 
 def _backward_vjp_x1(ctx, h):
@@ -606,8 +628,8 @@ def _backward_vjp_x1(ctx, h):
     g, x2, w = ctx.saved_tensors
     p, b, only = ctx.plan_id, ctx.backend, ctx.flag
     need = _autograd.wanted(ctx, 3)
-    return (F(h, x2, w, p, b, only) if need[0] else None, B(h, g, w, p, b, only) if need[1] else None,
-            W(h, x2, g, p, b, w.dim() == 1) if need[2] else None, None, None, None)
+    _, gx2, gw = _vjps(h, x2, w, g, (False, need[1], need[2]), p, b, only)  # B(h, g, w), W(h, x2, g)
+    return (F(h, x2, w, p, b, only) if need[0] else None, gx2, gw, None, None, None)
 
 
 def _backward_vjp_x2(ctx, h):
@@ -615,8 +637,8 @@ def _backward_vjp_x2(ctx, h):
     x1, g, w = ctx.saved_tensors
     p, b, only = ctx.plan_id, ctx.backend, ctx.flag
     need = _autograd.wanted(ctx, 3)
-    return (A(g, h, w, p, b, only) if need[0] else None, F(x1, h, w, p, b, only) if need[1] else None,
-            W(x1, h, g, p, b, w.dim() == 1) if need[2] else None, None, None, None)
+    gx1, _, gw = _vjps(x1, h, w, g, (need[0], False, need[2]), p, b, only)  # A(g, h, w), W(x1, h, g)
+    return (gx1, F(x1, h, w, p, b, only) if need[1] else None, gw, None, None, None)
 
 
 def _backward_vjp_w(ctx, h):
@@ -624,8 +646,8 @@ def _backward_vjp_w(ctx, h):
     x1, x2, g = ctx.saved_tensors
     p, b = ctx.plan_id, ctx.backend
     need = _autograd.wanted(ctx, 3)
-    return (A(g, x2, h, p, b, True) if need[0] else None, B(x1, g, h, p, b, True) if need[1] else None,
-            F(x1, x2, h, p, b, True) if need[2] else None, None, None, None)
+    gx1, gx2, _ = _vjps(x1, x2, h, g, (need[0], need[1], False), p, b, True)  # A(g, x2, h), B(x1, g, h)
+    return (gx1, gx2, F(x1, x2, h, p, b, True) if need[2] else None, None, None, None)
 
 
 _tp_forward.register_autograd(_backward_forward, setup_context=_save_all)

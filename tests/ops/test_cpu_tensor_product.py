@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nffk import _ext, backends
-from nffk.ops.tensor_product import KERNELS, TensorProductPlan, implemented_backends, tensor_product
+from nffk.ops.tensor_product import KERNELS, CpuKernels, TensorProductPlan, implemented_backends, tensor_product
 from nffk.testing import DIRECT_PLANS, assert_thread_count_independent, poisoned_outputs, random_tensor_product
 
 pytestmark = pytest.mark.skipif(not _ext.loaded(), reason="the compiled extension is not built")
@@ -54,6 +54,17 @@ def compare_every_kernel(plan, dtype, shared, batch, gen, label):
         for name, a, b in zip(("forward", "vjp_x1", "vjp_x2", "vjp_w"), got, expected):
             assert a.dtype == dtype
             assert relative_error(a, b) <= TOLERANCE[dtype], (name, only, batch, label)
+        if shared:  # the one-pass backward takes per-element weights only
+            continue
+        for need in ((True, True, True), (True, True, False), (True, False, True), (False, True, True)):
+            with poisoned_outputs():
+                fused = cpu.vjps(plan, low(x1), low(x2), low(w), low(g), need, only)
+            for name, a, b, wanted in zip(("vjp_x1", "vjp_x2", "vjp_w"), fused, expected[1:], need):
+                if not wanted:
+                    assert a is None, (name, need)
+                    continue
+                assert a.dtype == dtype
+                assert relative_error(a, b) <= TOLERANCE[dtype], ("vjps", name, need, only, batch, label)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -119,6 +130,44 @@ def test_backward_and_force_pattern_through_the_public_op(seeded):
 def test_direct_kernels_through_the_force_pattern(seeded):
     for irreps1, irreps2, irreps_out, instructions in DIRECT_PLANS:
         check_force_pattern(TensorProductPlan(irreps1, irreps2, irreps_out, instructions), seeded, irreps_out)
+
+
+def test_a_backward_without_a_graph_computes_its_gradients_in_one_pass(seeded, monkeypatch):
+    """Two or more gradients of a forward with per-element weights, not recorded: one tp_vjp call
+    (CpuKernels.vjps) with the reference's values; one gradient, shared weights or a recorded
+    backward (create_graph) take the three ops, which autograd can differentiate again."""
+    calls = []
+    one_pass = CpuKernels.vjps
+    monkeypatch.setattr(CpuKernels, "vjps", staticmethod(lambda *args: calls.append(args[5]) or one_pass(*args)))
+    plan = TensorProductPlan(*DIRECT_PLANS[0][:3], DIRECT_PLANS[0][3])
+    x1, x2, w, g = (torch.randn(19, d, dtype=torch.float64, generator=seeded)
+                    for d in (plan.dim_in1, plan.dim_in2, plan.weight_numel, plan.dim_out))
+
+    def gradients(backend, wanted, weights=w, create_graph=False):
+        inputs = [t.clone().requires_grad_(need) for t, need in zip((x1, x2, weights), wanted)]
+        out = tensor_product(*inputs, plan, backend=backend)
+        asked = [t for t in inputs if t.requires_grad]
+        return torch.autograd.grad(out, asked, g, create_graph=create_graph)
+
+    for wanted in ((True, True, True), (False, True, True), (True, False, True), (True, True, False)):
+        with poisoned_outputs():
+            got = gradients("cpu", wanted)
+        assert calls == [wanted]
+        calls.clear()
+        for a, b in zip(got, gradients("reference", wanted)):
+            assert relative_error(a, b) <= 1e-12, wanted
+    gradients("cpu", (True, False, False))
+    gradients("cpu", (True, True, True), weights=w[0])
+    recorded = gradients("cpu", (True, True, True), create_graph=True)
+    assert calls == []
+    assert all(t.grad_fn is not None for t in recorded)
+    # The force pattern's second backward: the derivative of vjp_x2 (the force) wants vjp_x1 and
+    # vjp_w together; then the forward's own backward wants all three (values: check_force_pattern).
+    x1r, x2r, wr = (t.clone().requires_grad_() for t in (x1, x2, w))
+    energy = tensor_product(x1r, x2r, wr, plan, backend="cpu").pow(2).sum()
+    (force,) = torch.autograd.grad(energy, x2r, create_graph=True)
+    force.pow(2).sum().backward()
+    assert sorted(calls) == [(True, False, True), (True, True, True)]
 
 
 def check_force_pattern(plan, seeded, config):
