@@ -1131,7 +1131,14 @@ void run_backward(const Program<T>& prog, const Program<T>& weight_prog, const E
     x1_row.allocate(dim1);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
-      prefetch_next_tile(in, e0, batch);
+      int64_t budget = prefetch_next_tile(in, e0, batch);
+      const int64_t next = std::min(e0 + 2 * TE, batch) - e0 - TE;
+      for (const Output& o : outputs) {  // the next tile's output rows too, with write intent, as run_elements
+        const int64_t bytes = next * o.rows.stride * int64_t(sizeof(T));
+        if (o.stream || next <= 0 || bytes > budget) continue;
+        prefetch_bytes_for_write(o.rows.row(e0 + TE), bytes);
+        budget -= bytes;
+      }
       for (size_t n = 0; n < outputs.size(); ++n)
         run_tile(outputs[n].kernel, *outputs[n].prog, tile_at(in, e0, count, outputs[n].rows, dim1, dim2, dim_out),
                  *scratch[n], outputs[n].stream, x1_row.data());
