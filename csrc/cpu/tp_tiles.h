@@ -1013,6 +1013,19 @@ int64_t prefetch_next_tile(const ElementOperands<T>& in, int64_t e0, int64_t bat
   return budget;
 }
 
+// The next tile's rows of a per-element output, with write intent (its blocks are stored a few
+// hundred bytes per row in turn, as the inputs are read), if they fit in what is left of the
+// budget; returns what is left then.
+template <typename T>
+int64_t prefetch_next_output(const Rows<T>& out, int64_t e0, int64_t batch, int64_t budget) {
+  constexpr int TE = kLanes<T>;
+  const int64_t next = std::min(e0 + 2 * TE, batch) - e0 - TE;
+  const int64_t bytes = next * out.stride * int64_t(sizeof(T));
+  if (out.stride == 0 || next <= 0 || bytes > budget) return budget;
+  prefetch_bytes_for_write(out.row(e0 + TE), bytes);
+  return budget - bytes;
+}
+
 // One kernel on one tile, into io.out's rows. x1_row: dim1 numbers of L1 scratch, for streamed
 // x1 gradients.
 template <typename T>
@@ -1087,9 +1100,7 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
       const int64_t budget = prefetch_next_tile(in, e0, batch);
-      const int64_t next = std::min(e0 + 2 * TE, batch) - e0 - TE;
-      if (out_stride > 0 && !stream && next > 0 && next * out_stride * int64_t(sizeof(T)) <= budget)
-        prefetch_bytes_for_write(po + (e0 + TE) * out_stride, next * out_stride * int64_t(sizeof(T)));
+      if (!stream) prefetch_next_output(out_rows, e0, batch, budget);
       run_tile(kernel, prog, tile_at(in, e0, count, out_rows, dim1, dim2, dim_out), s, stream, x1_row.data());
     }
     if (stream) stream_fence();
@@ -1132,13 +1143,8 @@ void run_backward(const Program<T>& prog, const Program<T>& weight_prog, const E
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
       int64_t budget = prefetch_next_tile(in, e0, batch);
-      const int64_t next = std::min(e0 + 2 * TE, batch) - e0 - TE;
-      for (const Output& o : outputs) {  // the next tile's output rows too, with write intent, as run_elements
-        const int64_t bytes = next * o.rows.stride * int64_t(sizeof(T));
-        if (o.stream || next <= 0 || bytes > budget) continue;
-        prefetch_bytes_for_write(o.rows.row(e0 + TE), bytes);
-        budget -= bytes;
-      }
+      for (const Output& o : outputs)  // without it, two gradients in one pass were slower than two kernels
+        if (!o.stream) budget = prefetch_next_output(o.rows, e0, batch, budget);
       for (size_t n = 0; n < outputs.size(); ++n)
         run_tile(outputs[n].kernel, *outputs[n].prog, tile_at(in, e0, count, outputs[n].rows, dim1, dim2, dim_out),
                  *scratch[n], outputs[n].stream, x1_row.data());
