@@ -21,7 +21,7 @@ TORCH_LIBRARY(nffk_C, m) {
   m.def("tp_vjp_x1(Tensor g, Tensor x2, Tensor w, " NFFK_TP_TABLES ", bool weighted_only, Tensor(a!) out) -> ()");
   m.def("tp_vjp_x2(Tensor x1, Tensor g, Tensor w, " NFFK_TP_TABLES ", bool weighted_only, Tensor(a!) out) -> ()");
   m.def("tp_vjp_w(Tensor x1, Tensor x2, Tensor g, " NFFK_TP_TABLES ", Tensor(a!) out) -> ()");
-  // The three gradients of one forward with per-element weights, in one pass; empty outputs are skipped.
+  // The three gradients of one forward in one pass; empty outputs are skipped.
   m.def("tp_vjp(Tensor x1, Tensor x2, Tensor w, Tensor g, " NFFK_TP_TABLES
         ", bool weighted_only, Tensor(a!) gx1, Tensor(b!) gx2, Tensor(c!) gw) -> ()");
   // Fused convolution: the graph's five tensors, then the tensor product's tables.

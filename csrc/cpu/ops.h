@@ -26,8 +26,8 @@ void tp_vjp_x2(const at::Tensor& x1, const at::Tensor& g, const at::Tensor& w, c
 void tp_vjp_w(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& g, const at::Tensor& paths,
               const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
               const at::Tensor& out);
-// vjp_x1, vjp_x2 and vjp_w of one forward (per-element weights) in one pass over the batch; an
-// empty output is not computed.
+// vjp_x1, vjp_x2 and vjp_w of one forward in one pass over the batch (w and gw: [W] shared or
+// [batch, W]); an empty output is not computed.
 void tp_vjp(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w, const at::Tensor& g,
             const at::Tensor& paths, const at::Tensor& coefficients, const at::Tensor& cg_index,
             const at::Tensor& cg_value, bool weighted_only, const at::Tensor& gx1, const at::Tensor& gx2,

@@ -58,7 +58,9 @@ void tp_vjp(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w, con
   const char* op = "nffk_C::tp_vjp";
   check_io(op, {{"x1", &x1}, {"x2", &x2}, {"w", &w}, {"g", &g}, {"gx1", &gx1}, {"gx2", &gx2}}, gw);
   const int64_t batch = x1.size(0);
-  for (const auto& [name, t] : {std::pair{"x1", &x1}, {"x2", &x2}, {"w", &w}, {"g", &g}}) check_rows(op, name, *t, batch);
+  for (const auto& [name, t] : {std::pair{"x1", &x1}, {"x2", &x2}, {"g", &g}}) check_rows(op, name, *t, batch);
+  bool shared;
+  const int64_t numel = weight_numel_of(op, w, batch, shared);
   const std::pair<const char*, const at::Tensor*> outputs[] = {{"gx1", &gx1}, {"gx2", &gx2}, {"gw", &gw}};
   const at::Tensor* like[] = {&x1, &x2, &w};
   at::Tensor wanted[3];
@@ -70,15 +72,16 @@ void tp_vjp(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w, con
   }
   AT_DISPATCH_FLOATING_TYPES(x1.scalar_type(), "nffk_tp_vjp", [&] {
     using T = scalar_t;
-    const int64_t dim1 = x1.size(1), dim2 = x2.size(1), dim_out = g.size(1), numel = w.size(1);
+    const int64_t dim1 = x1.size(1), dim2 = x2.size(1), dim_out = g.size(1);
     const auto program = cached_program<T>(op, paths, coefficients, cg_index, cg_value, dim1, dim2, dim_out, numel,
                                            weighted_only);
     const auto weight_program = weighted_only ? program
                                               : cached_program<T>(op, paths, coefficients, cg_index, cg_value, dim1,
                                                                   dim2, dim_out, numel, true);
-    auto rows = [](const at::Tensor& t) { return Rows<const T>{t.data_ptr<T>(), t.size(1), nullptr}; };
-    run_backward<T>(*program, *weight_program, ElementOperands<T>{rows(x1), rows(x2), rows(g), rows(w)}, wanted[0],
-                    wanted[1], wanted[2], batch, dim1, dim2, dim_out, numel);
+    auto rows = [](const at::Tensor& t, int64_t stride) { return Rows<const T>{t.data_ptr<T>(), stride, nullptr}; };
+    run_backward<T>(*program, *weight_program,
+                    ElementOperands<T>{rows(x1, dim1), rows(x2, dim2), rows(g, dim_out), rows(w, shared ? 0 : numel)},
+                    wanted[0], wanted[1], wanted[2], batch, dim1, dim2, dim_out, numel);
   });
 }
 

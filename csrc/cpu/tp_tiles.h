@@ -1053,6 +1053,29 @@ void run_tile(Kernel kernel, const Program<T>& prog, const TileIO<T>& io, TPScra
   }
 }
 
+// A shared weights' gradient: each fixed block of elements adds its tiles' gradients, in order, to
+// its own partial row; then the rows are summed in block order (the same bits for any thread count).
+template <typename T>
+struct WeightGradientBlocks {
+  int64_t size, count, numel;  // elements per block (a multiple of the tile), blocks, weights
+  std::vector<T> partial;
+  WeightGradientBlocks(int64_t batch, int64_t weight_numel)
+      : size(round_up(std::max<int64_t>(64, (batch + 255) / 256), kLanes<T>)),
+        count((batch + size - 1) / size),
+        numel(weight_numel),
+        partial(static_cast<size_t>(std::max<int64_t>(count, 1) * weight_numel), T(0)) {}
+  Rows<T> rows(int64_t block) { return Rows<T>{partial.data() + block * numel, 0, nullptr}; }
+  void sum_into(T* out) const {
+    at::parallel_for(0, numel, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        T sum = T(0);
+        for (int64_t b = 0; b < count; ++b) sum += partial[b * numel + k];
+        out[k] = sum;
+      }
+    });
+  }
+};
+
 template <typename T>
 void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T>& in, const at::Tensor& out,
                   int64_t batch, int64_t dim1, int64_t dim2, int64_t dim_out, int64_t weight_numel, bool shared) {
@@ -1063,25 +1086,15 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
   const int64_t out_stride = out.dim() == 2 ? out.size(1) : 0;
 
   if (kernel == Kernel::kVjpW && shared) {
-    const int64_t block = round_up(std::max<int64_t>(64, (batch + 255) / 256), TE);
-    const int64_t blocks = (batch + block - 1) / block;
-    std::vector<T> partial(static_cast<size_t>(std::max<int64_t>(blocks, 1) * weight_numel), T(0));
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    WeightGradientBlocks<T> blocks(batch, weight_numel);
+    at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
       TPScratch<T> s(prog, kernel, dim2);
-      for (int64_t b = begin; b < end; ++b) {
-        const Rows<T> acc{partial.data() + b * weight_numel, 0, nullptr};
-        for (int64_t e0 = b * block; e0 < std::min(batch, (b + 1) * block); e0 += TE)
-          vjp_w_tile(prog, tile_at(in, e0, std::min<int64_t>(TE, batch - e0), acc, dim1, dim2, dim_out),
+      for (int64_t b = begin; b < end; ++b)
+        for (int64_t e0 = b * blocks.size; e0 < std::min(batch, (b + 1) * blocks.size); e0 += TE)
+          vjp_w_tile(prog, tile_at(in, e0, std::min<int64_t>(TE, batch - e0), blocks.rows(b), dim1, dim2, dim_out),
                      WeightStore::kAdd, s);
-      }
     });
-    at::parallel_for(0, weight_numel, 1024, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        T sum = T(0);
-        for (int64_t b = 0; b < blocks; ++b) sum += partial[b * weight_numel + k];
-        po[k] = sum;
-      }
-    });
+    blocks.sum_into(po);
     return;
   }
 
@@ -1107,13 +1120,13 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
   });
 }
 
-// The three gradients of a forward with per-element weights in one pass over the batch:
-// gx1 = vjp_x1(g, x2, w), gx2 = vjp_x2(x1, g, w), gw = vjp_w(x1, x2, g), each written where its
-// output is defined (two or three of them). Each tile runs the wanted kernels one after the other,
-// so its g, x1, x2 and w (nequip: 16 x 39 KB) come from memory once and from L2 for the
-// second and third kernel; run one by one, every kernel reads them from memory (measured by
-// emulation before writing this: nequip's three kernels at E = 1,000 14.6 -> ~8.5 ms).
-// prog: the program of the x1 and x2 gradients; weight_prog: the weighted paths' (vjp_w's).
+// The three gradients of a forward in one pass over the batch: gx1 = vjp_x1(g, x2, w), gx2 =
+// vjp_x2(x1, g, w), gw = vjp_w(x1, x2, g), each written where its output is defined (two or three
+// of them). Each tile runs the wanted kernels one after the other, so its g, x1, x2 and w (nequip:
+// 16 x 39 KB) come from memory once and from L2 for the second and third kernel; run one by one,
+// every kernel reads them from memory (nequip's three at E = 1,000: 13.8 -> 10.6 ms).
+// prog: the program of the x1 and x2 gradients; weight_prog: the weighted paths' (vjp_w's). gw:
+// [batch, weight_numel], or [weight_numel] for shared weights (summed as run_elements does).
 template <typename T>
 void run_backward(const Program<T>& prog, const Program<T>& weight_prog, const ElementOperands<T>& in,
                   const at::Tensor& gx1, const at::Tensor& gx2, const at::Tensor& gw, int64_t batch, int64_t dim1,
@@ -1131,26 +1144,42 @@ void run_backward(const Program<T>& prog, const Program<T>& weight_prog, const E
     if (!t->defined()) continue;
     advise_huge_pages(t->template data_ptr<T>(), static_cast<size_t>(t->numel()) * sizeof(T));
     const bool stream = kernel != Kernel::kVjpX2 && t->numel() * int64_t(sizeof(T)) >= kStreamBytes;
-    outputs.push_back({kernel, program, Rows<T>{t->template data_ptr<T>(), t->size(1), nullptr}, stream});
+    outputs.push_back({kernel, program, Rows<T>{t->template data_ptr<T>(), t->dim() == 2 ? t->size(1) : 0, nullptr},
+                       stream});
   }
-  const int64_t tiles = (batch + TE - 1) / TE;
-  const int64_t grain = tile_grain<T>(dim1 + dim2 + dim_out + weight_numel);
-  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+  const bool shared = gw.defined() && gw.dim() == 1;
+  std::unique_ptr<WeightGradientBlocks<T>> blocks;
+  if (shared) blocks = std::make_unique<WeightGradientBlocks<T>>(batch, weight_numel);
+  // Parallel over tiles, or over the shared gradient's blocks of tiles.
+  const int64_t tiles = (batch + TE - 1) / TE, tiles_per_unit = shared ? blocks->size / TE : 1;
+  const int64_t units = (tiles + tiles_per_unit - 1) / tiles_per_unit;
+  const int64_t grain = shared ? 1 : tile_grain<T>(dim1 + dim2 + dim_out + weight_numel);
+  at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
     std::vector<std::unique_ptr<TPScratch<T>>> scratch;
     for (const Output& o : outputs) scratch.push_back(std::make_unique<TPScratch<T>>(*o.prog, o.kernel, dim2));
     AlignedBuffer<T> x1_row;
     x1_row.allocate(dim1);
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
-      int64_t budget = prefetch_next_tile(in, e0, batch);
-      for (const Output& o : outputs)  // without it, two gradients in one pass were slower than two kernels
-        if (!o.stream) budget = prefetch_next_output(o.rows, e0, batch, budget);
-      for (size_t n = 0; n < outputs.size(); ++n)
-        run_tile(outputs[n].kernel, *outputs[n].prog, tile_at(in, e0, count, outputs[n].rows, dim1, dim2, dim_out),
-                 *scratch[n], outputs[n].stream, x1_row.data());
+    for (int64_t unit = begin; unit < end; ++unit) {
+      for (int64_t t = unit * tiles_per_unit; t < std::min(tiles, (unit + 1) * tiles_per_unit); ++t) {
+        const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
+        int64_t budget = prefetch_next_tile(in, e0, batch);
+        for (const Output& o : outputs)  // without it, two gradients in one pass were slower than two kernels
+          if (!o.stream) budget = prefetch_next_output(o.rows, e0, batch, budget);
+        for (size_t n = 0; n < outputs.size(); ++n) {
+          const Output& o = outputs[n];
+          if (o.kernel == Kernel::kVjpW && shared) {
+            vjp_w_tile(*o.prog, tile_at(in, e0, count, blocks->rows(unit), dim1, dim2, dim_out), WeightStore::kAdd,
+                       *scratch[n]);
+            continue;
+          }
+          run_tile(o.kernel, *o.prog, tile_at(in, e0, count, o.rows, dim1, dim2, dim_out), *scratch[n], o.stream,
+                   x1_row.data());
+        }
+      }
     }
     stream_fence();
   });
+  if (shared) blocks->sum_into(gw.template data_ptr<T>());
 }
 
 }  // namespace nffk::cpu::tiles

@@ -397,8 +397,7 @@ class CpuKernels:
     @staticmethod
     def vjps(plan, x1, x2, w, g, need, weighted_only):
         """(vjp_x1(g, x2, w), vjp_x2(x1, g, w), vjp_w(x1, x2, g)) where `need` says (else None), in
-        one pass over the batch: each tile's inputs are read from memory once for all three.
-        Per-element weights only (w [batch, weight_numel])."""
+        one pass over the batch: each tile's inputs are read from memory once for all three."""
         x1, x2, w, g = (t.contiguous() for t in (x1, x2, w, g))
         tables = plan.kernel_tables(x1.device, x1.dtype)
         outs = [_outputs.new(like.shape, like) if wanted else like.new_empty(0)
@@ -608,10 +607,9 @@ F, A, B, W = (torch.ops.nffk.tp_forward, torch.ops.nffk.tp_vjp_x1, torch.ops.nff
 
 def _vjps(x1, x2, w, g, need, p, b, only):
     """(A(g, x2, w), B(x1, g, w), W(x1, x2, g)) where `need` says, else None. Where two or more are
-    wanted, autograd does not record them and the weights are per element, the cpu backend computes
-    them in one pass (CpuKernels.vjps); else each is its own op (differentiable again)."""
-    if (b == "cpu" and sum(need) >= 2 and w.dim() == 2
-            and _autograd.direct_call_is_safe(x1, x2, w, g)):
+    wanted and autograd does not record them, the cpu backend computes them in one pass
+    (CpuKernels.vjps); else each is its own op (differentiable again)."""
+    if b == "cpu" and sum(need) >= 2 and _autograd.direct_call_is_safe(x1, x2, w, g):
         return CpuKernels.vjps(_plans.get(p), x1, x2, w, g, need, only)
     return (A(g, x2, w, p, b, only) if need[0] else None, B(x1, g, w, p, b, only) if need[1] else None,
             W(x1, x2, g, p, b, w.dim() == 1) if need[2] else None)

@@ -54,8 +54,6 @@ def compare_every_kernel(plan, dtype, shared, batch, gen, label):
         for name, a, b in zip(("forward", "vjp_x1", "vjp_x2", "vjp_w"), got, expected):
             assert a.dtype == dtype
             assert relative_error(a, b) <= TOLERANCE[dtype], (name, only, batch, label)
-        if shared:  # the one-pass backward takes per-element weights only
-            continue
         for need in ((True, True, True), (True, True, False), (True, False, True), (False, True, True)):
             with poisoned_outputs():
                 fused = cpu.vjps(plan, low(x1), low(x2), low(w), low(g), need, only)
@@ -133,9 +131,9 @@ def test_direct_kernels_through_the_force_pattern(seeded):
 
 
 def test_a_backward_without_a_graph_computes_its_gradients_in_one_pass(seeded, monkeypatch):
-    """Two or more gradients of a forward with per-element weights, not recorded: one tp_vjp call
-    (CpuKernels.vjps) with the reference's values; one gradient, shared weights or a recorded
-    backward (create_graph) take the three ops, which autograd can differentiate again."""
+    """Two or more gradients of a forward, not recorded: one tp_vjp call (CpuKernels.vjps) with the
+    reference's values, for per-element and shared weights; one gradient or a recorded backward
+    (create_graph) take the separate ops, which autograd can differentiate again."""
     calls = []
     one_pass = CpuKernels.vjps
     monkeypatch.setattr(CpuKernels, "vjps", staticmethod(lambda *args: calls.append(args[5]) or one_pass(*args)))
@@ -149,15 +147,15 @@ def test_a_backward_without_a_graph_computes_its_gradients_in_one_pass(seeded, m
         asked = [t for t in inputs if t.requires_grad]
         return torch.autograd.grad(out, asked, g, create_graph=create_graph)
 
-    for wanted in ((True, True, True), (False, True, True), (True, False, True), (True, True, False)):
-        with poisoned_outputs():
-            got = gradients("cpu", wanted)
-        assert calls == [wanted]
-        calls.clear()
-        for a, b in zip(got, gradients("reference", wanted)):
-            assert relative_error(a, b) <= 1e-12, wanted
+    for weights in (w, w[0]):
+        for wanted in ((True, True, True), (False, True, True), (True, False, True), (True, True, False)):
+            with poisoned_outputs():
+                got = gradients("cpu", wanted, weights)
+            assert calls == [wanted]
+            calls.clear()
+            for a, b in zip(got, gradients("reference", wanted, weights)):
+                assert relative_error(a, b) <= 1e-12, (wanted, weights.shape)
     gradients("cpu", (True, False, False))
-    gradients("cpu", (True, True, True), weights=w[0])
     recorded = gradients("cpu", (True, True, True), create_graph=True)
     assert calls == []
     assert all(t.grad_fn is not None for t in recorded)
@@ -215,7 +213,14 @@ def test_results_do_not_depend_on_the_thread_count(dtype, seeded):
     cpu = KERNELS["cpu"]
     assert_thread_count_independent(lambda: [
         cpu.forward(plan, x1, x2, w, False), cpu.vjp_x1(plan, g, x2, w, False),
-        cpu.vjp_x2(plan, x1, g, w[0], False), cpu.vjp_w(plan, x1, x2, g, False), cpu.vjp_w(plan, x1, x2, g, True)])
+        cpu.vjp_x2(plan, x1, g, w[0], False), cpu.vjp_w(plan, x1, x2, g, False), cpu.vjp_w(plan, x1, x2, g, True),
+        cpu.vjps(plan, x1, x2, w, g, (True, True, True), False), cpu.vjps(plan, x1, x2, w[0], g, (True, True, True), True)])
+    # The one pass runs the same tiles (and, for shared weights, the same blocks) as the three kernels.
+    for weights in (w, w[0]):
+        separate = (cpu.vjp_x1(plan, g, x2, weights, False), cpu.vjp_x2(plan, x1, g, weights, False),
+                    cpu.vjp_w(plan, x1, x2, g, weights.dim() == 1))
+        for a, b in zip(cpu.vjps(plan, x1, x2, weights, g, (True, True, True), False), separate):
+            assert torch.equal(a, b)
 
 
 def test_poisoning_hook_poisons():
