@@ -167,45 +167,56 @@ void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int6
   }
 }
 
+// S[((i0 + r) * D3 + k) * stride] = sum_u X[i0 + r][u] G[k][u] for ROWS rows r of X: their
+// ROWS * D3 sums stay in registers across the channel groups (one load of X per D3 FMAs), then are
+// reduced N at a time (Tile::sum_rows). ROWS is a constant so that no sum needs a stack copy.
+template <typename T, int D3, int ROWS>
+inline void pair_sums(int32_t i0, int64_t mul, const T* X, int64_t ld, const T* G, T* S, int64_t stride) {
+  constexpr int N = Tile<T>::N, M = ROWS * D3;
+  Reg<T> acc[M];
+  for (int m = 0; m < M; ++m) acc[m] = Tile<T>::zero();
+  for (int64_t u0 = 0; u0 < mul; u0 += N) {
+    Reg<T> gk[D3];
+    for (int k = 0; k < D3; ++k) gk[k] = Tile<T>::load_full(G + k * mul + u0);
+    for (int r = 0; r < ROWS; ++r) {
+      const Reg<T> x = Tile<T>::load_full(X + (i0 + r) * ld + u0);
+      for (int k = 0; k < D3; ++k) acc[r * D3 + k] = Tile<T>::fma(x, gk[k], acc[r * D3 + k]);
+    }
+  }
+  for (int m0 = 0; m0 < M; m0 += N) {
+    Reg<T> r[N];
+    for (int q = 0; q < N; ++q) r[q] = m0 + q < M ? acc[m0 + q] : Tile<T>::zero();
+    alignas(64) T sums[N];
+    Tile<T>::store_full(sums, Tile<T>::sum_rows(r));
+    for (int q = 0; q < N && m0 + q < M; ++q) S[(i0 * D3 + m0 + q) * stride] = sums[q];
+  }
+}
+
 // S[(i * d3 + k) * stride] = sum_u X[i][u] w[u] g[u][k] for every (i, k) of the path, the CG's
 // zero pairs included (13-28 % more FMAs on nequip and mace, against two loads per FMA when the
 // pairs are walked one by one). The weighted g goes channel-major into G ([D3][mul], L1) once; then
-// R rows of X at a time keep their R * D3 sums in registers across the channel groups (one load of
-// X per D3 FMAs), reduced N at a time (Tile::sum_rows).
+// R rows of X at a time (pair_sums).
 template <typename T, int D3>
 void vjp_x2(int32_t d1, int64_t mul, const T* X, int64_t ld, const T* g, int64_t g_ld, const T* w, T* G, T* S,
             int64_t stride) {
   constexpr int N = Tile<T>::N;
   constexpr int R = D3 < 14 ? (28 - D3) / D3 : 1;  // R * D3 sums + D3 of g + 1 of X: <= 31 registers
-  constexpr int M = R * D3;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
     Reg<T> gk[D3];
     load_g<T, D3>(g, g_ld, u0, gk);
     scale_by_weights<T, D3>(w, u0, gk);
     for (int k = 0; k < D3; ++k) Tile<T>::store_full(G + k * mul + u0, gk[k]);
   }
-  for (int32_t i0 = 0; i0 < d1; i0 += R) {
-    const int rows = d1 - i0 < R ? d1 - i0 : R;
-    Reg<T> acc[M];
-    for (int m = 0; m < M; ++m) acc[m] = Tile<T>::zero();
-    for (int64_t u0 = 0; u0 < mul; u0 += N) {
-      Reg<T> gk[D3];
-      for (int k = 0; k < D3; ++k) gk[k] = Tile<T>::load_full(G + k * mul + u0);
-      for (int r = 0; r < R; ++r) {
-        if (r == rows) break;
-        const Reg<T> x = Tile<T>::load_full(X + (i0 + r) * ld + u0);
-        for (int k = 0; k < D3; ++k) acc[r * D3 + k] = Tile<T>::fma(x, gk[k], acc[r * D3 + k]);
-      }
-    }
-    const int used = rows * D3;
-    for (int m0 = 0; m0 < used; m0 += N) {
-      Reg<T> r[N];
-      for (int q = 0; q < N; ++q) r[q] = m0 + q < M ? acc[m0 + q] : Tile<T>::zero();
-      alignas(64) T sums[N];
-      Tile<T>::store_full(sums, Tile<T>::sum_rows(r));
-      for (int q = 0; q < N && m0 + q < used; ++q) S[(i0 * D3 + m0 + q) * stride] = sums[q];
-    }
-  }
+  int32_t i0 = 0;
+  for (; i0 + R <= d1; i0 += R) pair_sums<T, D3, R>(i0, mul, X, ld, G, S, stride);
+  // The rest, d1 - i0 < R rows: a count with_components has for the irreps' d1 (1-7, odd up to
+  // 15); any other row by row.
+  bool done = i0 == d1;
+  with_components<(R > 16 ? 15 : R - 1)>(d1 - i0, [&](auto rows) {
+    pair_sums<T, D3, decltype(rows)::value>(i0, mul, X, ld, G, S, stride);
+    done = true;
+  });
+  for (; !done && i0 < d1; ++i0) pair_sums<T, D3, 1>(i0, mul, X, ld, G, S, stride);
 }
 
 #else
