@@ -7,9 +7,10 @@ products are trilinear as well:
 
 and the derivative of any of these four maps is again one of the four (see `_backward_*`
 below). So every backend implements exactly four kernels, and backward, double backward
-(force training) and any higher derivative are compositions of them. One subtlety: paths
-without weights do not depend on w, so the derivative of vjp_w reuses the other kernels
-restricted to the weighted paths (`weighted_only=True`).
+(force training) and any higher derivative are compositions of them (the cpu backend also runs
+two or three vjps of the same g in one pass where autograd does not record them: `_vjps`). One
+subtlety: paths without weights do not depend on w, so the derivative of vjp_w reuses the other
+kernels restricted to the weighted paths (`weighted_only=True`).
 
 Conventions are e3nn's: `mul_ir` layout of inputs and outputs, instruction tuples
 `(i_in1, i_in2, i_out, connection_mode, has_weight[, path_weight])`, the flat weight layout
