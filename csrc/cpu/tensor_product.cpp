@@ -12,6 +12,11 @@ namespace {
 using namespace tiles;
 
 template <typename T>
+Rows<const T> rows_of(const at::Tensor& t, int64_t stride) {
+  return Rows<const T>{t.defined() ? t.data_ptr<T>() : nullptr, stride, nullptr};
+}
+
+template <typename T>
 void run_kernel(Kernel kernel, const char* op, const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& g,
                 const at::Tensor& w, const at::Tensor& out, const at::Tensor& table, const at::Tensor& coefficients,
                 const at::Tensor& cg_index, const at::Tensor& cg_value, bool weighted_only, int64_t batch,
@@ -19,11 +24,8 @@ void run_kernel(Kernel kernel, const char* op, const at::Tensor& x1, const at::T
   const auto program = cached_program<T>(op, table, coefficients, cg_index, cg_value, dim1, dim2, dim_out,
                                          weight_numel, weighted_only || kernel == Kernel::kVjpW);
   const Program<T>& prog = *program;
-  auto rows = [](const at::Tensor& t, int64_t stride) {
-    return Rows<const T>{t.defined() ? t.data_ptr<T>() : nullptr, stride, nullptr};
-  };
-  const ElementOperands<T> operands{rows(x1, dim1), rows(x2, dim2), rows(g, dim_out),
-                                    rows(w, shared ? 0 : weight_numel)};
+  const ElementOperands<T> operands{rows_of<T>(x1, dim1), rows_of<T>(x2, dim2), rows_of<T>(g, dim_out),
+                                    rows_of<T>(w, shared ? 0 : weight_numel)};
   run_elements<T>(kernel, prog, operands, out, batch, dim1, dim2, dim_out, weight_numel, shared);
 }
 
@@ -78,9 +80,9 @@ void tp_vjp(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w, con
     const auto weight_program = weighted_only ? program
                                               : cached_program<T>(op, paths, coefficients, cg_index, cg_value, dim1,
                                                                   dim2, dim_out, numel, true);
-    auto rows = [](const at::Tensor& t, int64_t stride) { return Rows<const T>{t.data_ptr<T>(), stride, nullptr}; };
     run_backward<T>(*program, *weight_program,
-                    ElementOperands<T>{rows(x1, dim1), rows(x2, dim2), rows(g, dim_out), rows(w, shared ? 0 : numel)},
+                    ElementOperands<T>{rows_of<T>(x1, dim1), rows_of<T>(x2, dim2), rows_of<T>(g, dim_out),
+                                       rows_of<T>(w, shared ? 0 : numel)},
                     wanted[0], wanted[1], wanted[2], batch, dim1, dim2, dim_out, numel);
   });
 }

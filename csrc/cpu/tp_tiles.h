@@ -1097,6 +1097,11 @@ struct WeightGradientBlocks {
 };
 
 template <typename T>
+void run_backward(const Program<T>& prog, const Program<T>& weight_prog, const ElementOperands<T>& in,
+                  const at::Tensor& gx1, const at::Tensor& gx2, const at::Tensor& gw, int64_t batch, int64_t dim1,
+                  int64_t dim2, int64_t dim_out, int64_t weight_numel);
+
+template <typename T>
 void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T>& in, const at::Tensor& out,
                   int64_t batch, int64_t dim1, int64_t dim2, int64_t dim_out, int64_t weight_numel, bool shared) {
   constexpr int TE = kLanes<T>;
@@ -1105,16 +1110,8 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
   const int64_t wstride = shared ? 0 : weight_numel;
   const int64_t out_stride = out.dim() == 2 ? out.size(1) : 0;
 
-  if (kernel == Kernel::kVjpW && shared) {
-    WeightGradientBlocks<T> blocks(batch, weight_numel);
-    at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
-      TPScratch<T> s(prog, kernel, dim2);
-      for (int64_t b = begin; b < end; ++b)
-        for (int64_t e0 = b * blocks.size; e0 < std::min(batch, (b + 1) * blocks.size); e0 += TE)
-          vjp_w_tile(prog, tile_at(in, e0, std::min<int64_t>(TE, batch - e0), blocks.rows(b), dim1, dim2, dim_out),
-                     WeightStore::kAdd, s);
-    });
-    blocks.sum_into(po);
+  if (kernel == Kernel::kVjpW && shared) {  // summed over fixed blocks of elements: run_backward does that
+    run_backward(prog, prog, in, at::Tensor(), at::Tensor(), out, batch, dim1, dim2, dim_out, weight_numel);
     return;
   }
 
@@ -1146,7 +1143,8 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
 // 16 x 39 KB) come from memory once and from L2 for the second and third kernel; run one by one,
 // every kernel reads them from memory (nequip's three at E = 1,000: 13.8 -> 10.6 ms).
 // prog: the program of the x1 and x2 gradients; weight_prog: the weighted paths' (vjp_w's). gw:
-// [batch, weight_numel], or [weight_numel] for shared weights (summed as run_elements does).
+// [batch, weight_numel], or [weight_numel] for shared weights, summed over WeightGradientBlocks
+// (run_elements sends a shared weights' vjp_w here too).
 template <typename T>
 void run_backward(const Program<T>& prog, const Program<T>& weight_prog, const ElementOperands<T>& in,
                   const at::Tensor& gx1, const at::Tensor& gx2, const at::Tensor& gw, int64_t batch, int64_t dim1,
