@@ -1,17 +1,17 @@
 """Tensor products: nffk against e3nn, cuequivariance-torch and, on a GPU, OpenEquivariance.
 
-Per-element (per-edge) weights, as in NequIP/MACE message functions. Four passes: forward,
+Per-element (per-edge) weights, as in NequIP/MACE message functions. Five passes: forward,
 forward+backward (gradients for the node features and the weights), the same from a given output
-gradient, and the force-training double backward. Work per pass counts trilinear kernels: each of
-the four (forward, vjp_x1, vjp_x2, vjp_w) reads three of (x1, x2, w, out) and writes the fourth,
-so each moves the same bytes and does about the forward's FLOPs; forward+backward is 3 of them,
-double backward 6.
+gradient, the force-training double backward, and the same from a given dE/dout. Work per pass
+counts trilinear kernels: each of the four (forward, vjp_x1, vjp_x2, vjp_w) reads three of (x1,
+x2, w, out) and writes the fourth, so each moves the same bytes and does about the forward's FLOPs;
+forward+backward is 3 of them, double backward 6, its given-gradient form 3.
 
 forward+backward and double backward put a loss on the output (`out.pow(2).sum()`), whose torch
 ops cost the same whoever computed `out` (for high-order at E = 200: ~15 ms, half of nffk's three
 kernels, and more where glibc gives its temporaries fresh pages); "backward, dL/dout given"
 runs the same three kernels from a given output gradient, as operator benchmarks do, so its ratios
-are the operators'."""
+are the operators'; "double backward, dE/dout given" does the same for the force pattern."""
 from __future__ import annotations
 
 import torch
@@ -53,7 +53,8 @@ MAIN = ["nequip", "mace-medium", "high-order", "fully-connected"]
 DEFAULTS = {"quick": ["mace-medium", "fully-connected"], "default": MAIN, "full": MAIN}
 DIVISOR = {"quick": 100, "default": 10, "full": 1}  # batch = full batch / divisor
 LOSS_PASSES = ("forward", "forward+backward", "double backward")
-KERNELS = {"forward": 1, "forward+backward": 3, "backward, dL/dout given": 3, "double backward": 6}
+KERNELS = {"forward": 1, "forward+backward": 3, "backward, dL/dout given": 3, "double backward": 6,
+           "double backward, dE/dout given": 3}
 
 
 # -- modules ----------------------------------------------------------------------------------
@@ -161,11 +162,16 @@ def backward_given(module):
         x1 = x1.detach().requires_grad_()
         w = w.detach().requires_grad_()
         out = module(x1, x2, w)
-        if not given or given[0].shape != out.shape:
-            seed = torch.Generator(device=out.device).manual_seed(0)
-            given[:] = [torch.randn(out.shape, generator=seed, device=out.device, dtype=out.dtype)]
-        out.backward(given[0])
+        out.backward(_given_like(out, given))
     return run
+
+
+def _given_like(out, given: list):
+    """The fixed random output gradient of `out`'s shape, drawn once into the one-slot list `given`."""
+    if not given or given[0].shape != out.shape:
+        seed = torch.Generator(device=out.device).manual_seed(0)
+        given[:] = [torch.randn(out.shape, generator=seed, device=out.device, dtype=out.dtype)]
+    return given[0]
 
 
 def double_backward(module):
@@ -179,8 +185,24 @@ def double_backward(module):
     return run
 
 
+def double_backward_given(module):
+    """The force-training pattern from a given dE/dout, as when the product's output feeds the
+    model's later layers: the forces' gradient with create_graph, a loss on the forces (E x dim of
+    x2, small), backward. The three kernels (forward, vjp_x2, vjp_w of that vjp) without torch's
+    passes over the output for `out.pow(2).sum()` and its derivatives."""
+    given = []
+
+    def run(x1, x2, w):
+        x2 = x2.detach().requires_grad_()
+        w = w.detach().requires_grad_()
+        out = module(x1, x2, w)
+        (force,) = torch.autograd.grad(out, x2, _given_like(out, given), create_graph=True)
+        force.pow(2).sum().backward()
+    return run
+
+
 PASSES = {"forward": forward, "forward+backward": forward_backward, "backward, dL/dout given": backward_given,
-          "double backward": double_backward}
+          "double backward": double_backward, "double backward, dE/dout given": double_backward_given}
 
 
 # -- cases ------------------------------------------------------------------------------------
