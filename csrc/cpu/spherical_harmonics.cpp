@@ -20,6 +20,9 @@ namespace nffk::cpu {
 namespace {
 
 constexpr double kNormalizeEps = 1e-12;  // torch.nn.functional.normalize's
+// Outputs at least this large are streamed (past the caches a consumer could still find them in;
+// from 4 MiB did not help, bench/NOTES.md).
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
 // Everything a call needs, checked once: requested degrees, their output offsets and scales,
 // and the coefficient tables converted to the compute type.

@@ -12,8 +12,7 @@
 
 namespace nffk::cpu {
 
-// Outputs at least this large are streamed (past the caches a consumer could still find them in).
-constexpr int64_t kStreamBytes = int64_t(16) << 20;
+// Each user sets the output size from which it streams: spherical_harmonics.cpp, tp_tiles.h.
 
 // dst[0, n) = src[0, n). With `stream`, the whole 64-byte lines of dst are written by streaming
 // stores (any alignment of dst; the partial lines at either end by plain stores). Callers end

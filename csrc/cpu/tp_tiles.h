@@ -1073,6 +1073,18 @@ void run_tile(Kernel kernel, const Program<T>& prog, const TileIO<T>& io, TPScra
   }
 }
 
+// Outputs from a core's L2 size on are written by streaming stores. A plain store would first read
+// each line from memory: the pool's buffers are cold when they are reused, and even a consumer that
+// reads the gradients right after was faster so (bench/NOTES.md, version 11). This covers
+// per-element weight gradients (mace-medium: 5 MB at E = 1,000), x1 gradients and the forward's
+// direct blocks; vjp_x2's output (dim2 numbers per element) is written row by row.
+constexpr int64_t kStreamTensorProductBytes = int64_t(1) << 20;
+
+template <typename T>
+bool streams_output(Kernel kernel, const at::Tensor& out) {
+  return kernel != Kernel::kVjpX2 && out.numel() * int64_t(sizeof(T)) >= kStreamTensorProductBytes;
+}
+
 // A shared weights' gradient: each fixed block of elements adds its tiles' gradients, in order, to
 // its own partial row; then the rows are summed in block order (the same bits for any thread count).
 template <typename T>
@@ -1119,10 +1131,7 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
   const int64_t tiles = (batch + TE - 1) / TE;
   const int64_t grain = tile_grain<T>(dim1 + dim2 + dim_out + wstride);
   const Rows<T> out_rows{po, out_stride, nullptr};
-  // Outputs larger than the caches are written by streaming stores: per-element weight gradients
-  // (fully-connected: 28 MB at E = 1,000), the forward's direct blocks (nequip: 26 MB) and x1
-  // gradients (nequip: 46 MB at E = 10,000).
-  const bool stream = kernel != Kernel::kVjpX2 && out.numel() * int64_t(sizeof(T)) >= kStreamBytes;
+  const bool stream = streams_output<T>(kernel, out);
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
     TPScratch<T> s(prog, kernel, dim2);
     AlignedBuffer<T> x1_row;  // a streamed x1 gradient's row, assembled in L1
@@ -1161,9 +1170,8 @@ void run_backward(const Program<T>& prog, const Program<T>& weight_prog, const E
                                     std::tuple{Kernel::kVjpW, &weight_prog, &gw}}) {
     if (!t->defined()) continue;
     advise_huge_pages(t->template data_ptr<T>(), static_cast<size_t>(t->numel()) * sizeof(T));
-    const bool stream = kernel != Kernel::kVjpX2 && t->numel() * int64_t(sizeof(T)) >= kStreamBytes;
     outputs.push_back({kernel, program, Rows<T>{t->template data_ptr<T>(), t->dim() == 2 ? t->size(1) : 0, nullptr},
-                       stream});
+                       streams_output<T>(kernel, *t)});
   }
   const bool shared = gw.defined() && gw.dim() == 1;
   std::unique_ptr<WeightGradientBlocks<T>> blocks;

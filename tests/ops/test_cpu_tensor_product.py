@@ -84,23 +84,26 @@ def test_direct_kernels_match_the_reference(dtype, shared, seeded):
             compare_every_kernel(plan, dtype, shared, batch, seeded, (irreps1, irreps2, irreps_out))
 
 
+STREAMED_BYTES = 1 << 20  # outputs from this size on are streamed (kStreamTensorProductBytes, tp_tiles.h)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_streamed_weight_gradients_match_the_reference(dtype, seeded):
-    # Per-element weight gradients of 16 MiB and more are staged per path and written by streaming
+    # Per-element weight gradients of 1 MiB and more are staged per path and written by streaming
     # stores (csrc/cpu/streaming.h): uvw rows of 11 and 48 channels (masked lanes, rows at every
     # alignment), a direct uvu block, a uvu path with two x2 channels, an unweighted path.
     instructions = [(0, 0, 0, "uvw", True), (0, 2, 1, "uvw", True), (1, 0, 1, "uvw", True), (1, 2, 0, "uvw", True),
                     (2, 1, 2, "uvu", True), (2, 2, 3, "uvu", True), (2, 0, 2, "uvu", True), (1, 1, 1, "uvu", False)]
     plan = TensorProductPlan("48x0e+11x1o+16x1e", "2x0e+1e+1o", "48x0e+11x1o+16x1e+16x1o", instructions)
     size = torch.empty((), dtype=dtype).element_size()
-    batch = (16 << 20) // (plan.weight_numel * size) + 17
-    assert batch * plan.weight_numel * size >= 16 << 20
+    batch = STREAMED_BYTES // (plan.weight_numel * size) + 17
+    assert batch * plan.weight_numel * size >= STREAMED_BYTES
     compare_every_kernel(plan, dtype, False, batch, seeded, "streamed")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_streamed_forward_and_x1_gradient_match_the_reference(dtype, seeded):
-    # Outputs of 16 MiB and more. Forward: direct blocks of up to 7 components by streaming stores
+    # Outputs of 1 MiB and more. Forward: direct blocks of up to 7 components by streaming stores
     # of whole vectors, of 9 to 13 components staged in L1 and streamed, general blocks as usual.
     # vjp_x1: each row assembled in L1, then streamed (rows of any alignment, gaps zeroed).
     size = torch.empty((), dtype=dtype).element_size()
@@ -108,7 +111,7 @@ def test_streamed_forward_and_x1_gradient_match_the_reference(dtype, seeded):
     for irreps1, irreps2, irreps_out, instructions in (DIRECT_PLANS[0], DIRECT_PLANS[1], DIRECT_PLANS[2]):
         plan = TensorProductPlan(irreps1, irreps2, irreps_out, instructions)
         for kernel, dim in (("forward", plan.dim_out), ("vjp_x1", plan.dim_in1)):
-            batch = (16 << 20) // (dim * size) + 17
+            batch = STREAMED_BYTES // (dim * size) + 17
             a, x2, w = (torch.randn(batch, d, dtype=dtype, generator=seeded)
                         for d in (plan.dim_in1 if kernel == "forward" else plan.dim_out, plan.dim_in2,
                                   plan.weight_numel))
@@ -116,6 +119,14 @@ def test_streamed_forward_and_x1_gradient_match_the_reference(dtype, seeded):
                 got = getattr(cpu, kernel)(plan, a, x2, w, False)
             expected = getattr(reference, kernel)(plan, a.double(), x2.double(), w.double(), False)
             assert relative_error(got, expected) <= TOLERANCE[dtype], (kernel, irreps_out)
+            if kernel == "vjp_x1":  # the one pass streams the same x1 gradient (vjp_x2's output is small)
+                x1 = torch.randn(batch, plan.dim_in1, dtype=dtype, generator=seeded)
+                with poisoned_outputs():
+                    got = cpu.vjps(plan, x1, x2, w, a, (True, True, False), False)
+                expected = (reference.vjp_x1(plan, a.double(), x2.double(), w.double(), False),
+                            reference.vjp_x2(plan, x1.double(), a.double(), w.double(), False))
+                for name, one, ref in zip(("x1", "x2"), got, expected):
+                    assert relative_error(one, ref) <= TOLERANCE[dtype], ("vjps", name, irreps_out)
 
 
 def test_backward_and_force_pattern_through_the_public_op(seeded):
