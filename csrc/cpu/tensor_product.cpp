@@ -77,9 +77,13 @@ void tp_vjp(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w, con
     const int64_t dim1 = x1.size(1), dim2 = x2.size(1), dim_out = g.size(1);
     const auto program = cached_program<T>(op, paths, coefficients, cg_index, cg_value, dim1, dim2, dim_out, numel,
                                            weighted_only);
-    const auto weight_program = weighted_only ? program
-                                              : cached_program<T>(op, paths, coefficients, cg_index, cg_value, dim1,
-                                                                  dim2, dim_out, numel, true);
+    // vjp_w's program keeps the weighted paths; where every path is weighted it is the same one.
+    const bool all_weighted = std::all_of(program->paths.begin(), program->paths.end(),
+                                          [](const tp::Path<T>& p) { return p.has_weight; });
+    const auto weight_program = weighted_only || all_weighted
+                                    ? program
+                                    : cached_program<T>(op, paths, coefficients, cg_index, cg_value, dim1, dim2,
+                                                        dim_out, numel, true);
     run_backward<T>(*program, *weight_program,
                     ElementOperands<T>{rows_of<T>(x1, dim1), rows_of<T>(x2, dim2), rows_of<T>(g, dim_out),
                                        rows_of<T>(w, shared ? 0 : numel)},

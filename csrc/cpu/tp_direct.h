@@ -167,6 +167,29 @@ void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int6
   }
 }
 
+// Both of the above for one weighted path, from one contraction of A with g per row of x1:
+// t[i][u] = sum_k A[i][k] g[u][k], then gX[i][u] += w[u] t[i][u] and gw[u] (+)= sum_i X[i][u] t[i][u]
+// (D3 + 2 FMAs per row and channel group, where the two kernels take 2 D3 + 1).
+template <typename T, int D3>
+void vjp_x1_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, int64_t g_ld, const T* w, T* gX,
+              const T* X, int64_t ld, T* gw, bool accumulate) {
+  constexpr int N = Tile<T>::N;
+  for (int64_t u0 = 0; u0 < mul; u0 += N) {
+    Reg<T> gk[D3];
+    load_g<T, D3>(g, g_ld, u0, gk);
+    const Reg<T> wu = Tile<T>::load_full(w + u0);
+    Reg<T> acc = accumulate ? Tile<T>::load_full(gw + u0) : Tile<T>::zero();
+    for (int32_t i = 0; i < d1; ++i) {
+      Reg<T> t = Tile<T>::zero();
+      for (int k = 0; k < D3; ++k) t = Tile<T>::fma(Tile<T>::set1(A[(i * D3 + k) * stride]), gk[k], t);
+      T* gx = gX + i * ld + u0;
+      Tile<T>::store_full(gx, Tile<T>::fma(wu, t, Tile<T>::load_full(gx)));
+      acc = Tile<T>::fma(Tile<T>::load_full(X + i * ld + u0), t, acc);
+    }
+    Tile<T>::store_full(gw + u0, acc);
+  }
+}
+
 // S[((i0 + r) * D3 + k) * stride] = sum_u X[i0 + r][u] G[k][u] for ROWS rows r of X: their
 // ROWS * D3 sums stay in registers across the channel groups (one load of X per D3 FMAs), then are
 // reduced N at a time (Tile::sum_rows). ROWS is a constant so that no sum needs a stack copy.
@@ -238,6 +261,9 @@ void vjp_x2(int32_t d1, int64_t mul, const T* X, int64_t ld, const T* g, int64_t
 template <typename T, int D3>
 void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* g, int64_t g_ld,
            T* gw, bool accumulate);
+template <typename T, int D3>
+void vjp_x1_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, int64_t g_ld, const T* w, T* gX,
+              const T* X, int64_t ld, T* gw, bool accumulate);
 #endif
 
 }  // namespace nffk::cpu::direct

@@ -398,7 +398,8 @@ class CpuKernels:
     @staticmethod
     def vjps(plan, x1, x2, w, g, need, weighted_only):
         """(vjp_x1(g, x2, w), vjp_x2(x1, g, w), vjp_w(x1, x2, g)) where `need` says (else None), in
-        one pass over the batch: each tile's inputs are read from memory once for all three."""
+        one pass over the batch: each tile's inputs are read from memory once for all three, and
+        where every path is weighted vjp_x1 and vjp_w share one contraction with g."""
         x1, x2, w, g = (t.contiguous() for t in (x1, x2, w, g))
         tables = plan.kernel_tables(x1.device, x1.dtype)
         outs = [_outputs.new(like.shape, like) if wanted else like.new_empty(0)

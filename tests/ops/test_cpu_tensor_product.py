@@ -216,22 +216,29 @@ def test_results_do_not_depend_on_the_thread_count(dtype, seeded):
     """Bitwise: elements are independent and shared-weight gradients are summed over fixed element
     blocks in a fixed order."""
     config = random_tensor_product(seeded, modes=("uvu", "uvw"), lmax=3, max_mul=24, max_paths=5)
-    plan = make_plan(config)
-    batch = 300
-    x1, x2, g = (torch.randn(batch, d, dtype=dtype, generator=seeded) for d in (plan.dim_in1, plan.dim_in2,
-                                                                                plan.dim_out))
-    w = torch.randn(batch, plan.weight_numel, dtype=dtype, generator=seeded)
-    cpu = KERNELS["cpu"]
-    assert_thread_count_independent(lambda: [
-        cpu.forward(plan, x1, x2, w, False), cpu.vjp_x1(plan, g, x2, w, False),
-        cpu.vjp_x2(plan, x1, g, w[0], False), cpu.vjp_w(plan, x1, x2, g, False), cpu.vjp_w(plan, x1, x2, g, True),
-        cpu.vjps(plan, x1, x2, w, g, (True, True, True), False), cpu.vjps(plan, x1, x2, w[0], g, (True, True, True), True)])
-    # The one pass runs the same tiles (and, for shared weights, the same blocks) as the three kernels.
-    for weights in (w, w[0]):
-        separate = (cpu.vjp_x1(plan, g, x2, weights, False), cpu.vjp_x2(plan, x1, g, weights, False),
-                    cpu.vjp_w(plan, x1, x2, g, weights.dim() == 1))
-        for a, b in zip(cpu.vjps(plan, x1, x2, weights, g, (True, True, True), False), separate):
-            assert torch.equal(a, b)
+    # A random plan (general tiles) and one whose blocks are all direct and weighted (the one pass
+    # then contracts each block once for vjp_x1 and vjp_w: direct::vjp_x1_w).
+    for plan in (make_plan(config), TensorProductPlan(*DIRECT_PLANS[2])):
+        batch = 300
+        x1, x2, g = (torch.randn(batch, d, dtype=dtype, generator=seeded) for d in (plan.dim_in1, plan.dim_in2,
+                                                                                    plan.dim_out))
+        w = torch.randn(batch, plan.weight_numel, dtype=dtype, generator=seeded)
+        cpu = KERNELS["cpu"]
+        assert_thread_count_independent(lambda: [
+            cpu.forward(plan, x1, x2, w, False), cpu.vjp_x1(plan, g, x2, w, False),
+            cpu.vjp_x2(plan, x1, g, w[0], False), cpu.vjp_w(plan, x1, x2, g, False), cpu.vjp_w(plan, x1, x2, g, True),
+            cpu.vjps(plan, x1, x2, w, g, (True, True, True), False),
+            cpu.vjps(plan, x1, x2, w[0], g, (True, True, True), True)])
+        # The one pass runs the same tiles (and, for shared weights, the same blocks) as the three
+        # kernels, except that direct blocks share vjp_x1's and vjp_w's contraction: the same bits
+        # for vjp_x2, the same values for the others.
+        for weights in (w, w[0]):
+            separate = (cpu.vjp_x1(plan, g, x2, weights, False), cpu.vjp_x2(plan, x1, g, weights, False),
+                        cpu.vjp_w(plan, x1, x2, g, weights.dim() == 1))
+            one_pass = cpu.vjps(plan, x1, x2, weights, g, (True, True, True), False)
+            assert torch.equal(one_pass[1], separate[1])
+            for a, b in zip(one_pass, separate):
+                assert relative_error(a, b) <= TOLERANCE[dtype]
 
 
 def test_poisoning_hook_poisons():
