@@ -800,6 +800,15 @@ void forward_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, 
   }
 }
 
+// Element e's g (channel-major gc) of x2 channel v of path p, weighted: w g for uvu (into s.rows),
+// W^T g for uvw (contract_weights put it in s.z beforehand). p.d3 rows of ld.
+template <typename T>
+const T* weighted_g(const tp::Path<T>& p, const T* w, const T* gc, int64_t v, int64_t ld, TPScratch<T>& s) {
+  if (p.mode != tp::kUVU) return s.z + v * p.d3 * ld;
+  tp::weight_rows(p.d3, uvu_weights(p, w, v, ld, s.wv), gc, s.rows, ld, ld);
+  return s.rows;
+}
+
 // gx1 += output block b's part, through the general tiles (its projections in s.A).
 template <typename T>
 void vjp_x1_block(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, size_t b) {
@@ -815,16 +824,8 @@ void vjp_x1_block(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, 
       T* gxc = s.gx1c + e * prog.x1_scratch + xb.slot;
       const int64_t ld = xb.ld;
       if (p.mode == tp::kUVW) contract_weights(p, w + p.weight_offset, gc, ob.ld, s.z, ld);
-      for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE) {
-        const T* rows;
-        if (p.mode == tp::kUVU) {
-          tp::weight_rows(p.d3, uvu_weights(p, w, v, ld, s.wv), gc, s.rows, ld, ld);
-          rows = s.rows;
-        } else {
-          rows = s.z + v * p.d3 * ld;
-        }
-        gemm(p.d1, p.d3, A, int64_t(p.d3) * TE, TE, rows, gxc, ld);  // gx1 += A (w g)
-      }
+      for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE)
+        gemm(p.d1, p.d3, A, int64_t(p.d3) * TE, TE, weighted_g(p, w, gc, v, ld, s), gxc, ld);  // gx1 += A (w g)
     }
   }
 }
@@ -881,16 +882,8 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
         const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
         const int64_t ld = xb.ld;
         if (p.mode == tp::kUVW) contract_weights(p, w + p.weight_offset, gc, ob.ld, s.z, ld);
-        for (int64_t v = 0; v < p.mul2; ++v, S += int64_t(p.d1) * p.d3 * TE) {
-          const T* rows;
-          if (p.mode == tp::kUVU) {
-            tp::weight_rows(p.d3, uvu_weights(p, w, v, ld, s.wv), gc, s.rows, ld, ld);
-            rows = s.rows;
-          } else {
-            rows = s.z + v * p.d3 * ld;
-          }
-          grouped_pair_dots(p, xc, rows, ld, S, TE);
-        }
+        for (int64_t v = 0; v < p.mul2; ++v, S += int64_t(p.d1) * p.d3 * TE)
+          grouped_pair_dots(p, xc, weighted_g(p, w, gc, v, ld, s), ld, S, TE);
       }
     }
     // gx2 += the CG adjoint of the pair sums, vectorised over the tile (lanes past its end are
