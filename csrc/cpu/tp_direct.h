@@ -12,10 +12,17 @@
 #pragma once
 #include <cstdint>
 
+#include "scratch.h"
 #include "streaming.h"
 #include "transpose.h"
 
 namespace nffk::cpu::direct {
+
+// A's (and vjp_x2's S's) entries lie the tile's TE elements apart. A constant, so that the FMA loops
+// index them with immediate offsets (a_entry): with the stride a parameter, GCC multiplied it out
+// per FMA (lea + imul + FMA).
+template <typename T>
+inline constexpr int64_t kStride = kLanes<T>;
 
 #if defined(__AVX512F__)
 inline constexpr bool kAvailable = true;
@@ -91,14 +98,20 @@ inline void scale_by_weights(const T* w, int64_t u0, Reg<T>* v) {
   for (int k = 0; k < D; ++k) v[k] = Tile<T>::mul(v[k], wv);
 }
 
+// A[i][k] in every lane. In 64-bit arithmetic, so that an unrolled k becomes an immediate offset.
+template <typename T, int D3>
+inline Reg<T> a_entry(const T* A, int32_t i, int k) {
+  return Tile<T>::set1(A[(int64_t(i) * D3 + k) * kStride<T>]);
+}
+
 // acc[k] = w[u] sum_i A[i][k] X[i][u] for the N channels from u0: an edge's output block.
 template <typename T, int D3>
-inline void forward_channels(int32_t d1, const T* A, int64_t stride, const T* X, int64_t ld, const T* w, int64_t u0,
+inline void forward_channels(int32_t d1, const T* A, const T* X, int64_t ld, const T* w, int64_t u0,
                              Reg<T>* acc) {
   for (int k = 0; k < D3; ++k) acc[k] = Tile<T>::zero();
   for (int32_t i = 0; i < d1; ++i) {
     const Reg<T> x = Tile<T>::load_full(X + i * ld + u0);
-    for (int k = 0; k < D3; ++k) acc[k] = Tile<T>::fma(Tile<T>::set1(A[(i * D3 + k) * stride]), x, acc[k]);
+    for (int k = 0; k < D3; ++k) acc[k] = Tile<T>::fma(a_entry<T, D3>(A, i, k), x, acc[k]);
   }
   scale_by_weights<T, D3>(w, u0, acc);
 }
@@ -106,12 +119,12 @@ inline void forward_channels(int32_t d1, const T* A, int64_t stride, const T* X,
 // out[u][k] = w[u] sum_i A[i][k] X[i][u], stored straight into the output row (out = row + offset),
 // by streaming stores with `stream`.
 template <typename T, int D3>
-void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* w, T* out,
+void forward(int32_t d1, int64_t mul, const T* A, const T* X, int64_t ld, const T* w, T* out,
              bool stream) {
   constexpr int N = Tile<T>::N;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
     Reg<T> acc[D3];
-    forward_channels<T, D3>(d1, A, stride, X, ld, w, u0, acc);
+    forward_channels<T, D3>(d1, A, X, ld, w, u0, acc);
     store_rows<T, D3>(acc, out + u0 * D3, stream);
   }
 }
@@ -119,12 +132,12 @@ void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, in
 // sum[k][u] += w[u] sum_i A[i][k] X[i][u] into a channel-major block [D3][sum_ld]: the
 // convolution's sum of a receiver's edges.
 template <typename T, int D3>
-void forward_accumulate(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* w,
+void forward_accumulate(int32_t d1, int64_t mul, const T* A, const T* X, int64_t ld, const T* w,
                         T* sum, int64_t sum_ld) {
   constexpr int N = Tile<T>::N;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
     Reg<T> acc[D3];
-    forward_channels<T, D3>(d1, A, stride, X, ld, w, u0, acc);
+    forward_channels<T, D3>(d1, A, X, ld, w, u0, acc);
     for (int k = 0; k < D3; ++k)
       Tile<T>::store_full(sum + k * sum_ld + u0, Tile<T>::add(Tile<T>::load_full(sum + k * sum_ld + u0), acc[k]));
   }
@@ -132,7 +145,7 @@ void forward_accumulate(int32_t d1, int64_t mul, const T* A, int64_t stride, con
 
 // gX[i][u] += sum_k A[i][k] w[u] g[u][k] (g and g_ld as for load_g), gX channel-major.
 template <typename T, int D3>
-void vjp_x1(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, int64_t g_ld, const T* w, T* gX,
+void vjp_x1(int32_t d1, int64_t mul, const T* A, const T* g, int64_t g_ld, const T* w, T* gX,
             int64_t ld) {
   constexpr int N = Tile<T>::N;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
@@ -141,7 +154,7 @@ void vjp_x1(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, int
     scale_by_weights<T, D3>(w, u0, gk);
     for (int32_t i = 0; i < d1; ++i) {
       Reg<T> acc = Tile<T>::load_full(gX + i * ld + u0);
-      for (int k = 0; k < D3; ++k) acc = Tile<T>::fma(Tile<T>::set1(A[(i * D3 + k) * stride]), gk[k], acc);
+      for (int k = 0; k < D3; ++k) acc = Tile<T>::fma(a_entry<T, D3>(A, i, k), gk[k], acc);
       Tile<T>::store_full(gX + i * ld + u0, acc);
     }
   }
@@ -150,7 +163,7 @@ void vjp_x1(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, int
 // gw[u] (+)= sum_k g[u][k] sum_i A[i][k] X[i][u], into the weight row (gw = row + weight offset;
 // g and g_ld as for load_g).
 template <typename T, int D3>
-void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* g, int64_t g_ld,
+void vjp_w(int32_t d1, int64_t mul, const T* A, const T* X, int64_t ld, const T* g, int64_t g_ld,
            T* gw, bool accumulate) {
   constexpr int N = Tile<T>::N;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
@@ -159,7 +172,7 @@ void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int6
     for (int k = 0; k < D3; ++k) y[k] = Tile<T>::zero();
     for (int32_t i = 0; i < d1; ++i) {
       const Reg<T> x = Tile<T>::load_full(X + i * ld + u0);
-      for (int k = 0; k < D3; ++k) y[k] = Tile<T>::fma(Tile<T>::set1(A[(i * D3 + k) * stride]), x, y[k]);
+      for (int k = 0; k < D3; ++k) y[k] = Tile<T>::fma(a_entry<T, D3>(A, i, k), x, y[k]);
     }
     Reg<T> acc = accumulate ? Tile<T>::load_full(gw + u0) : Tile<T>::zero();
     for (int k = 0; k < D3; ++k) acc = Tile<T>::fma(gk[k], y[k], acc);
@@ -171,7 +184,7 @@ void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int6
 // t[i][u] = sum_k A[i][k] g[u][k], then gX[i][u] += w[u] t[i][u] and gw[u] (+)= sum_i X[i][u] t[i][u]
 // (D3 + 2 FMAs per row and channel group, where the two kernels take 2 D3 + 1).
 template <typename T, int D3>
-void vjp_x1_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, int64_t g_ld, const T* w, T* gX,
+void vjp_x1_w(int32_t d1, int64_t mul, const T* A, const T* g, int64_t g_ld, const T* w, T* gX,
               const T* X, int64_t ld, T* gw, bool accumulate) {
   constexpr int N = Tile<T>::N;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
@@ -181,7 +194,7 @@ void vjp_x1_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, i
     Reg<T> acc = accumulate ? Tile<T>::load_full(gw + u0) : Tile<T>::zero();
     for (int32_t i = 0; i < d1; ++i) {
       Reg<T> t = Tile<T>::zero();
-      for (int k = 0; k < D3; ++k) t = Tile<T>::fma(Tile<T>::set1(A[(i * D3 + k) * stride]), gk[k], t);
+      for (int k = 0; k < D3; ++k) t = Tile<T>::fma(a_entry<T, D3>(A, i, k), gk[k], t);
       T* gx = gX + i * ld + u0;
       Tile<T>::store_full(gx, Tile<T>::fma(wu, t, Tile<T>::load_full(gx)));
       acc = Tile<T>::fma(Tile<T>::load_full(X + i * ld + u0), t, acc);
@@ -190,11 +203,11 @@ void vjp_x1_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, i
   }
 }
 
-// S[((i0 + r) * D3 + k) * stride] = sum_u X[i0 + r][u] G[k][u] for ROWS rows r of X: their
+// S[((i0 + r) * D3 + k) * kStride] = sum_u X[i0 + r][u] G[k][u] for ROWS rows r of X: their
 // ROWS * D3 sums stay in registers across the channel groups (one load of X per D3 FMAs), then are
 // reduced N at a time (Tile::sum_rows). ROWS is a constant so that no sum needs a stack copy.
 template <typename T, int D3, int ROWS>
-inline void pair_sums(int32_t i0, int64_t mul, const T* X, int64_t ld, const T* G, T* S, int64_t stride) {
+inline void pair_sums(int32_t i0, int64_t mul, const T* X, int64_t ld, const T* G, T* S) {
   constexpr int N = Tile<T>::N, M = ROWS * D3;
   Reg<T> acc[M];
   for (int m = 0; m < M; ++m) acc[m] = Tile<T>::zero();
@@ -211,17 +224,16 @@ inline void pair_sums(int32_t i0, int64_t mul, const T* X, int64_t ld, const T* 
     for (int q = 0; q < N; ++q) r[q] = m0 + q < M ? acc[m0 + q] : Tile<T>::zero();
     alignas(64) T sums[N];
     Tile<T>::store_full(sums, Tile<T>::sum_rows(r));
-    for (int q = 0; q < N && m0 + q < M; ++q) S[(i0 * D3 + m0 + q) * stride] = sums[q];
+    for (int q = 0; q < N && m0 + q < M; ++q) S[(i0 * D3 + m0 + q) * kStride<T>] = sums[q];
   }
 }
 
-// S[(i * d3 + k) * stride] = sum_u X[i][u] w[u] g[u][k] for every (i, k) of the path, the CG's
+// S[(i * d3 + k) * kStride] = sum_u X[i][u] w[u] g[u][k] for every (i, k) of the path, the CG's
 // zero pairs included (13-28 % more FMAs on nequip and mace, against two loads per FMA when the
 // pairs are walked one by one). The weighted g goes channel-major into G ([D3][mul], L1) once; then
 // R rows of X at a time (pair_sums).
 template <typename T, int D3>
-void vjp_x2(int32_t d1, int64_t mul, const T* X, int64_t ld, const T* g, int64_t g_ld, const T* w, T* G, T* S,
-            int64_t stride) {
+void vjp_x2(int32_t d1, int64_t mul, const T* X, int64_t ld, const T* g, int64_t g_ld, const T* w, T* G, T* S) {
   constexpr int N = Tile<T>::N;
   constexpr int R = D3 < 14 ? (28 - D3) / D3 : 1;  // R * D3 sums + D3 of g + 1 of X: <= 31 registers
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
@@ -231,15 +243,15 @@ void vjp_x2(int32_t d1, int64_t mul, const T* X, int64_t ld, const T* g, int64_t
     for (int k = 0; k < D3; ++k) Tile<T>::store_full(G + k * mul + u0, gk[k]);
   }
   int32_t i0 = 0;
-  for (; i0 + R <= d1; i0 += R) pair_sums<T, D3, R>(i0, mul, X, ld, G, S, stride);
+  for (; i0 + R <= d1; i0 += R) pair_sums<T, D3, R>(i0, mul, X, ld, G, S);
   // The rest, d1 - i0 < R rows: a count with_components has for the irreps' d1 (1-7, odd up to
   // 15); any other row by row.
   bool done = i0 == d1;
   with_components<(R > 16 ? 15 : R - 1)>(d1 - i0, [&](auto rows) {
-    pair_sums<T, D3, decltype(rows)::value>(i0, mul, X, ld, G, S, stride);
+    pair_sums<T, D3, decltype(rows)::value>(i0, mul, X, ld, G, S);
     done = true;
   });
-  for (; !done && i0 < d1; ++i0) pair_sums<T, D3, 1>(i0, mul, X, ld, G, S, stride);
+  for (; !done && i0 < d1; ++i0) pair_sums<T, D3, 1>(i0, mul, X, ld, G, S);
 }
 
 #else
@@ -247,22 +259,21 @@ void vjp_x2(int32_t d1, int64_t mul, const T* X, int64_t ld, const T* g, int64_t
 // tp_tiles.h, which discard them at compile time, and never defined.
 inline constexpr bool kAvailable = false;
 template <typename T, int D3>
-void forward(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* w, T* out,
+void forward(int32_t d1, int64_t mul, const T* A, const T* X, int64_t ld, const T* w, T* out,
              bool stream);
 template <typename T, int D3>
-void forward_accumulate(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* w,
+void forward_accumulate(int32_t d1, int64_t mul, const T* A, const T* X, int64_t ld, const T* w,
                         T* sum, int64_t sum_ld);
 template <typename T, int D3>
-void vjp_x1(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, int64_t g_ld, const T* w, T* gX,
+void vjp_x1(int32_t d1, int64_t mul, const T* A, const T* g, int64_t g_ld, const T* w, T* gX,
             int64_t ld);
 template <typename T, int D3>
-void vjp_x2(int32_t d1, int64_t mul, const T* X, int64_t ld, const T* g, int64_t g_ld, const T* w, T* G, T* S,
-            int64_t stride);
+void vjp_x2(int32_t d1, int64_t mul, const T* X, int64_t ld, const T* g, int64_t g_ld, const T* w, T* G, T* S);
 template <typename T, int D3>
-void vjp_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* X, int64_t ld, const T* g, int64_t g_ld,
+void vjp_w(int32_t d1, int64_t mul, const T* A, const T* X, int64_t ld, const T* g, int64_t g_ld,
            T* gw, bool accumulate);
 template <typename T, int D3>
-void vjp_x1_w(int32_t d1, int64_t mul, const T* A, int64_t stride, const T* g, int64_t g_ld, const T* w, T* gX,
+void vjp_x1_w(int32_t d1, int64_t mul, const T* A, const T* g, int64_t g_ld, const T* w, T* gX,
               const T* X, int64_t ld, T* gw, bool accumulate);
 #endif
 

@@ -763,10 +763,10 @@ void forward_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, 
     const bool done = run_direct(prog, io, b, false, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
       const T* xc = x1_channel_major(prog, io, s.x1c, e) + xb.slot;
       if constexpr (std::is_same_v<Sink, StoreRows<T>>) {
-        direct::forward<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, TE, xc, xb.ld, path_weights(p, io, e),
+        direct::forward<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, xc, xb.ld, path_weights(p, io, e),
                                                 io.out[e] + p.offset_out, sink.stream);
       } else {
-        direct::forward_accumulate<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, TE, xc, xb.ld,
+        direct::forward_accumulate<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, xc, xb.ld,
                                                            path_weights(p, io, e), sink.target(b, e), ob.ld);
         sink.done(b, e);
       }
@@ -840,7 +840,7 @@ void vjp_x1_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
     project_group(prog, b, s.x2t, s.A);
     const bool done = run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
       const auto [g, g_ld] = direct_g(prog, io, b, e);
-      direct::vjp_x1<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, TE, g, g_ld, path_weights(p, io, e),
+      direct::vjp_x1<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, g, g_ld, path_weights(p, io, e),
                                              s.gx1c + e * prog.x1_scratch + xb.slot, xb.ld);
     });
     if (!done) vjp_x1_block(prog, io, s, b);
@@ -866,7 +866,7 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
     const bool done = run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
       const auto [g, g_ld] = direct_g(prog, io, b, e);
       direct::vjp_x2<T, decltype(d3)::value>(p.d1, p.mul1, x1_channel_major(prog, io, s.x1c, e) + xb.slot, xb.ld, g,
-                                             g_ld, path_weights(p, io, e), s.staged_g, s.A + e, TE);
+                                             g_ld, path_weights(p, io, e), s.staged_g, s.A + e);
     });
     if (done) {
       tp::unproject_x2<T, TE>(first, s.A, s.gx2t + first.offset2 * TE);
@@ -973,7 +973,7 @@ void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, WeightStore store, 
     const bool done = run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
       if (!p.has_weight) return;  // vjp_w's programs keep weighted paths only
       const auto [g, g_ld] = direct_g(prog, io, b, e);
-      direct::vjp_w<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, TE, x1_channel_major(prog, io, s.x1c, e) + xb.slot,
+      direct::vjp_w<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, x1_channel_major(prog, io, s.x1c, e) + xb.slot,
                                             xb.ld, g, g_ld, weight_target(p, io, store, s, e),
                                             store == WeightStore::kAdd);
       finish_weights(p, io, store, s, e);
@@ -998,7 +998,7 @@ void vjp_x1_w_tile(const Program<T>& prog, const TileIO<T>& io_x1, const TileIO<
     project_group(prog, b, s.x2t, s.A);
     const bool done = run_direct(prog, io_w, b, true, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
       const auto [g, g_ld] = direct_g(prog, io_w, b, e);
-      direct::vjp_x1_w<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, TE, g, g_ld, io_w.w[e] + p.weight_offset,
+      direct::vjp_x1_w<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, g, g_ld, io_w.w[e] + p.weight_offset,
                                                s.gx1c + e * prog.x1_scratch + xb.slot,
                                                x1_channel_major(prog, io_w, s.x1c, e) + xb.slot, xb.ld,
                                                weight_target(p, io_w, store, s, e), store == WeightStore::kAdd);
