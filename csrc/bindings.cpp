@@ -29,6 +29,8 @@ TORCH_LIBRARY(nffk_C, m) {
   "Tensor senders, Tensor receivers, Tensor receiver_ptr, Tensor sender_order, Tensor sender_ptr, " NFFK_TP_TABLES
   m.def("conv_forward(Tensor x, Tensor sh, Tensor w, " NFFK_CONV_GRAPH ", bool weighted_only, Tensor(a!) out) -> ()");
   m.def("conv_vjp_x(Tensor g, Tensor sh, Tensor w, " NFFK_CONV_GRAPH ", bool weighted_only, Tensor(a!) out) -> ()");
+  m.def("conv_vjp_x_w(Tensor g, Tensor sh, Tensor w, Tensor x, " NFFK_CONV_GRAPH
+        ", bool weighted_only, Tensor(a!) gx, Tensor(b!) gw) -> ()");
   m.def("conv_vjp_sh(Tensor x, Tensor g, Tensor w, " NFFK_CONV_GRAPH ", bool weighted_only, Tensor(a!) out) -> ()");
   m.def("conv_vjp_w(Tensor x, Tensor sh, Tensor g, " NFFK_CONV_GRAPH ", Tensor(a!) out) -> ()");
 #undef NFFK_CONV_GRAPH
@@ -59,6 +61,7 @@ TORCH_LIBRARY_IMPL(nffk_C, CPU, m) {
   m.impl("tp_vjp", &nffk::cpu::tp_vjp);
   m.impl("conv_forward", &nffk::cpu::conv_forward);
   m.impl("conv_vjp_x", &nffk::cpu::conv_vjp_x);
+  m.impl("conv_vjp_x_w", &nffk::cpu::conv_vjp_x_w);
   m.impl("conv_vjp_sh", &nffk::cpu::conv_vjp_sh);
   m.impl("conv_vjp_w", &nffk::cpu::conv_vjp_w);
   m.impl("linear_forward", &nffk::cpu::linear_forward);

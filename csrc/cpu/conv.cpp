@@ -173,15 +173,23 @@ void conv_forward_impl(const Program<T>& prog, const Graph& graph, const T* x, c
 constexpr int64_t kEdgesPerSlab = 4096;  // small enough that 2-8 threads get even shares at ~30k edges
 constexpr int64_t kMaxSlabs = 8;  // partial buffers: kMaxSlabs x nodes x dim1 at most
 
+//
+// With gw (per-edge weights, every path weighted, x the node features), each tile also writes its
+// edges' weight gradients from the same contraction with g (vjp_x1_w_tile, x gathered at senders):
+// vjp_x and vjp_w of one backward in one pass; stream_w: gw by streaming stores.
 template <typename T>
 void conv_vjp_x_impl(const Program<T>& prog, const Graph& graph, const T* g, const T* sh, const T* w,
-                     int64_t wstride, T* out, int64_t dim1, int64_t dim2, int64_t dim_out) {
+                     int64_t wstride, T* out, int64_t dim1, int64_t dim2, int64_t dim_out, const T* x = nullptr,
+                     T* gw = nullptr, bool stream_w = false) {
   constexpr int TE = kLanes<T>;
   const int64_t size = prog.x1_scratch, nodes = graph.nodes;
   if (graph.edges == 0) {
     std::fill(out, out + nodes * dim1, T(0));
     return;
   }
+  std::unique_ptr<ChannelMajorNodes<T>> xc;
+  if (gw != nullptr) xc = std::make_unique<ChannelMajorNodes<T>>(prog.x1_blocks, prog.x1_scratch, x, nodes, dim1);
+  const WeightStore weight_store = stream_w ? WeightStore::kStream : WeightStore::kWrite;
   const int64_t slabs = std::clamp<int64_t>(graph.edges / kEdgesPerSlab, 1, kMaxSlabs);
   const std::vector<int64_t> bounds = chunks(graph.receiver_ptr, nodes, (graph.edges + slabs - 1) / slabs);
   const int64_t parts = static_cast<int64_t>(bounds.size()) - 1;
@@ -192,16 +200,23 @@ void conv_vjp_x_impl(const Program<T>& prog, const Graph& graph, const T* g, con
   ChannelMajorNodes<T> gc(prog.out_blocks, prog.out_row_size, g, nodes, dim_out);
   const Rows<const T> g_at_receiver{gc.data.data(), gc.row_size, graph.receivers};
   at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
-    TPScratch<T> s(prog, Kernel::kVjpX1, dim2);
+    TPScratch<T> s(prog, Kernel::kVjpX1, dim2, gw != nullptr);
     for (int64_t c = begin; c < end; ++c) {
       T* sums = partial.data() + c * nodes * size;
       std::fill(sums, sums + nodes * size, T(0));
       const int64_t e_end = graph.receiver_ptr[bounds[c + 1]];
       for (int64_t e0 = graph.receiver_ptr[bounds[c]]; e0 < e_end; e0 += TE) {
-        TileIO<T> io(e0, std::min<int64_t>(TE, e_end - e0), none, sh_rows, g_at_receiver, w_rows, Rows<T>{}, dim1,
-                     dim2, dim_out);
+        const int64_t count = std::min<int64_t>(TE, e_end - e0);
+        TileIO<T> io(e0, count, none, sh_rows, g_at_receiver, w_rows, Rows<T>{}, dim1, dim2, dim_out);
         io.g_channel_major = true;
-        vjp_x1_tile(prog, io, s);
+        if (gw != nullptr) {
+          TileIO<T> io_w(e0, count, Rows<const T>{xc->data.data(), xc->row_size, graph.senders}, sh_rows,
+                         g_at_receiver, w_rows, Rows<T>{gw, wstride, nullptr}, dim1, dim2, dim_out);
+          io_w.x1_channel_major = io_w.g_channel_major = true;
+          vjp_x1_w_tile(prog, io, io_w, weight_store, s);
+        } else {
+          vjp_x1_tile(prog, io, s);
+        }
         for (int64_t e = 0; e < io.count; ++e) {
           const T* edge = s.gx1c + e * size;
           T* acc = sums + graph.senders[e0 + e] * size;
@@ -210,6 +225,7 @@ void conv_vjp_x_impl(const Program<T>& prog, const Graph& graph, const T* g, con
         }
       }
     }
+    if (stream_w) stream_fence();
   });
   // gx[n] = the slabs' partial rows of n, added in slab order.
   at::parallel_for(0, nodes, 64, [&](int64_t begin, int64_t end) {
@@ -228,15 +244,17 @@ void conv_vjp_x_impl(const Program<T>& prog, const Graph& graph, const T* g, con
   });
 }
 
-enum class ConvKernel { kForward, kVjpX, kVjpSh, kVjpW };
+enum class ConvKernel { kForward, kVjpX, kVjpSh, kVjpW, kVjpXW };
 
 // Shapes: x/out of kForward [nodes, dim1] / [nodes, dim_out], g [nodes, dim_out], sh [edges, dim2],
-// w [W] or [edges, W]; vjp outputs have their input's shape.
+// w [W] or [edges, W]; vjp outputs have their input's shape. kVjpXW: vjp_x into out, the per-edge
+// vjp_w into gw.
 template <typename T>
 void run_conv(ConvKernel kernel, const char* op, const at::Tensor& x, const at::Tensor& sh, const at::Tensor& g,
               const at::Tensor& w, const Graph& graph, const at::Tensor& out, const at::Tensor& table,
               const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
-              bool weighted_only, int64_t dim1, int64_t dim2, int64_t dim_out, int64_t weight_numel, bool shared) {
+              bool weighted_only, int64_t dim1, int64_t dim2, int64_t dim_out, int64_t weight_numel, bool shared,
+              const at::Tensor& gw = at::Tensor()) {
   const auto program = cached_program<T>(op, table, coefficients, cg_index, cg_value, dim1, dim2, dim_out,
                                          weight_numel, weighted_only || kernel == ConvKernel::kVjpW);
   const Program<T>& prog = *program;
@@ -250,6 +268,19 @@ void run_conv(ConvKernel kernel, const char* op, const at::Tensor& x, const at::
     case ConvKernel::kVjpX:
       conv_vjp_x_impl(prog, graph, data(g), data(sh), data(w), wstride, po, dim1, dim2, dim_out);
       return;
+    case ConvKernel::kVjpXW: {
+      // One pass where one program serves both gradients (every path weighted), else one after the other.
+      if (std::all_of(prog.paths.begin(), prog.paths.end(), [](const tp::Path<T>& p) { return p.has_weight; })) {
+        conv_vjp_x_impl(prog, graph, data(g), data(sh), data(w), wstride, po, dim1, dim2, dim_out, data(x),
+                        gw.data_ptr<T>(), streams_output<T>(Kernel::kVjpW, gw));
+      } else {
+        run_conv<T>(ConvKernel::kVjpX, op, x, sh, g, w, graph, out, table, coefficients, cg_index, cg_value,
+                    weighted_only, dim1, dim2, dim_out, weight_numel, shared);
+        run_conv<T>(ConvKernel::kVjpW, op, x, sh, g, w, graph, gw, table, coefficients, cg_index, cg_value, true,
+                    dim1, dim2, dim_out, weight_numel, shared);
+      }
+      return;
+    }
     case ConvKernel::kVjpSh:
     case ConvKernel::kVjpW: {
       // Per-edge outputs: the tensor product's driver over edges, with x gathered at senders and
@@ -286,7 +317,7 @@ void conv_entry(ConvKernel kernel, const char* op, const at::Tensor& x, const at
                 const at::Tensor& receiver_ptr, const at::Tensor& sender_order, const at::Tensor& sender_ptr,
                 const at::Tensor& paths, const at::Tensor& coefficients, const at::Tensor& cg_index,
                 const at::Tensor& cg_value, bool weighted_only, const at::Tensor& out, int64_t dim1, int64_t dim2,
-                int64_t dim_out, int64_t weight_numel, bool shared) {
+                int64_t dim_out, int64_t weight_numel, bool shared, const at::Tensor& gw = at::Tensor()) {
   const int64_t nodes = receiver_ptr.dim() == 1 ? receiver_ptr.size(0) - 1 : -1;
   TORCH_CHECK(nodes >= 0, op, ": receiver_ptr must be [num_nodes + 1]");
   const Graph graph = check_graph(op, senders, receivers, receiver_ptr, sender_order, sender_ptr, nodes);
@@ -296,7 +327,7 @@ void conv_entry(ConvKernel kernel, const char* op, const at::Tensor& x, const at
   if (w.defined()) TORCH_CHECK(shared || w.size(0) == graph.edges, op, ": w must have one row per edge");
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "nffk_conv", [&] {
     run_conv<scalar_t>(kernel, op, x, sh, g, w, graph, out, paths, coefficients, cg_index, cg_value, weighted_only,
-                       dim1, dim2, dim_out, weight_numel, shared);
+                       dim1, dim2, dim_out, weight_numel, shared, gw);
   });
 }
 
@@ -330,6 +361,22 @@ void conv_vjp_x(const at::Tensor& g, const at::Tensor& sh, const at::Tensor& w, 
   conv_entry(ConvKernel::kVjpX, op, at::Tensor(), sh, g, w, senders, receivers, receiver_ptr, sender_order,
              sender_ptr, paths, coefficients, cg_index, cg_value, weighted_only, out, out.size(1), sh.size(1),
              g.size(1), numel, shared);
+}
+
+void conv_vjp_x_w(const at::Tensor& g, const at::Tensor& sh, const at::Tensor& w, const at::Tensor& x,
+                  const at::Tensor& senders, const at::Tensor& receivers, const at::Tensor& receiver_ptr,
+                  const at::Tensor& sender_order, const at::Tensor& sender_ptr, const at::Tensor& paths,
+                  const at::Tensor& coefficients, const at::Tensor& cg_index, const at::Tensor& cg_value,
+                  bool weighted_only, const at::Tensor& gx, const at::Tensor& gw) {
+  const char* op = "nffk_C::conv_vjp_x_w";
+  check_io(op, {{"g", &g}, {"sh", &sh}, {"w", &w}, {"x", &x}, {"gx", &gx}}, gw);
+  TORCH_CHECK(g.dim() == 2 && sh.dim() == 2 && x.dim() == 2 && w.dim() == 2, op,
+              ": g, sh, x and w (one row of weights per edge) must be 2-D");
+  check_shape(op, "gx", gx, x.size(0), x.size(1));
+  TORCH_CHECK(gw.sizes() == w.sizes(), op, ": gw must have w's shape ", w.sizes(), ", got ", gw.sizes());
+  conv_entry(ConvKernel::kVjpXW, op, x, sh, g, w, senders, receivers, receiver_ptr, sender_order, sender_ptr, paths,
+             coefficients, cg_index, cg_value, weighted_only, gx, x.size(1), sh.size(1), g.size(1), w.size(1), false,
+             gw);
 }
 
 void conv_vjp_sh(const at::Tensor& x, const at::Tensor& g, const at::Tensor& w, const at::Tensor& senders,

@@ -43,6 +43,10 @@ void conv_forward(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& w
                   bool weighted_only, const at::Tensor& out);
 void conv_vjp_x(const at::Tensor& g, const at::Tensor& sh, const at::Tensor& w, NFFK_CONV_GRAPH_ARGS,
                 bool weighted_only, const at::Tensor& out);
+// vjp_x into gx and the per-edge vjp_w into gw, in one pass over the edges (one contraction with g
+// for both where every path is weighted).
+void conv_vjp_x_w(const at::Tensor& g, const at::Tensor& sh, const at::Tensor& w, const at::Tensor& x,
+                  NFFK_CONV_GRAPH_ARGS, bool weighted_only, const at::Tensor& gx, const at::Tensor& gw);
 void conv_vjp_sh(const at::Tensor& x, const at::Tensor& g, const at::Tensor& w, NFFK_CONV_GRAPH_ARGS,
                  bool weighted_only, const at::Tensor& out);
 void conv_vjp_w(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& g, NFFK_CONV_GRAPH_ARGS,

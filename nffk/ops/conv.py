@@ -114,6 +114,19 @@ class CpuKernels:
                     weighted_only)
 
     @staticmethod
+    def vjp_x_w(plan, g, sh, w, x, graph, weighted_only):
+        """(vjp_x(g, sh, w), vjp_w(x, sh, g)) for per-edge weights in one pass over the edges: where
+        every path is weighted the two share their contraction with g (as the tensor product's one
+        pass does)."""
+        tables = plan.kernel_tables(g.device, g.dtype)
+        gx = _outputs.new((x.shape[0], plan.dim_in1), g)
+        gw = _outputs.new(tuple(w.shape), g)
+        torch.ops.nffk_C.conv_vjp_x_w(*(t.contiguous() for t in (g, sh, w, x)), *(t.contiguous() for t in graph),
+                                      tables["paths"], tables["coefficients"], tables["cg_index"],
+                                      tables["cg_value"], weighted_only, gx, gw)
+        return gx, gw
+
+    @staticmethod
     def vjp_w(plan, x, sh, g, graph, shared):
         shape = (plan.weight_numel,) if shared else (graph.senders.shape[0], plan.weight_numel)
         return _cpu(torch.ops.nffk_C.conv_vjp_w, plan, (x, sh, g), graph, shape)
@@ -231,11 +244,20 @@ def _unpack(ctx):
     return saved[:3], tuple(saved[3:]), ctx.plan_id, ctx.backend, ctx.flag, _autograd.wanted(ctx, 3)
 
 
+def _x_and_w(x, sh, w, g, graph, p, b, only, need):
+    """(CX(g, sh, w), CW(x, sh, g)) where `need` (two flags) says. Both, with per-edge weights and
+    not recorded by autograd, run as one pass on the cpu backend (CpuKernels.vjp_x_w); else each is
+    its own op (differentiable again)."""
+    if all(need) and b == "cpu" and w.dim() == 2 and _autograd.direct_call_is_safe(x, sh, w, g):
+        return CpuKernels.vjp_x_w(_plans.get(p), g, sh, w, x, ConvGraph(*graph), only)
+    return (CX(g, sh, w, *graph, p, b, only) if need[0] else None,
+            CW(x, sh, g, *graph, p, b, w.dim() == 1) if need[1] else None)
+
+
 def _backward_forward(ctx, g):
     (x, sh, w), graph, p, b, only, need = _unpack(ctx)
-    return (CX(g, sh, w, *graph, p, b, only) if need[0] else None,
-            CS(x, g, w, *graph, p, b, only) if need[1] else None,
-            CW(x, sh, g, *graph, p, b, w.dim() == 1) if need[2] else None) + _NONE_FOR_GRAPH_AND_FLAGS
+    gx, gw = _x_and_w(x, sh, w, g, graph, p, b, only, (need[0], need[2]))
+    return (gx, CS(x, g, w, *graph, p, b, only) if need[1] else None, gw) + _NONE_FOR_GRAPH_AND_FLAGS
 
 
 def _backward_vjp_x(ctx, h):
@@ -247,11 +269,10 @@ def _backward_vjp_x(ctx, h):
 
 
 def _backward_vjp_sh(ctx, h):
-    # <h, CS(x, g, w)> = <g, C(x, h, w)>
+    # <h, CS(x, g, w)> = <g, C(x, h, w)>; CX(g, h, w) and CW(x, h, g) take h for the edge attributes.
     (x, g, w), graph, p, b, only, need = _unpack(ctx)
-    return (CX(g, h, w, *graph, p, b, only) if need[0] else None,
-            C(x, h, w, *graph, p, b, only) if need[1] else None,
-            CW(x, h, g, *graph, p, b, w.dim() == 1) if need[2] else None) + _NONE_FOR_GRAPH_AND_FLAGS
+    gx, gw = _x_and_w(x, h, w, g, graph, p, b, only, (need[0], need[2]))
+    return (gx, C(x, h, w, *graph, p, b, only) if need[1] else None, gw) + _NONE_FOR_GRAPH_AND_FLAGS
 
 
 def _backward_vjp_w(ctx, h):

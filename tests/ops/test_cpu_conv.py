@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nffk import _ext, backends
-from nffk.ops.conv import KERNELS, ConvGraph, conv, implemented_backends
+from nffk.ops.conv import KERNELS, ConvGraph, CpuKernels, conv, implemented_backends
 from nffk.ops.tensor_product import TensorProductPlan, tensor_product
 from nffk.testing import DIRECT_PLANS, assert_thread_count_independent, poisoned_outputs, random_tensor_product
 
@@ -78,6 +78,12 @@ def compare_every_kernel(plan, kind, dtype, shared, gen, label):
         for name, a, b in zip(("forward", "vjp_x", "vjp_sh", "vjp_w"), got, expected):
             assert a.dtype == dtype
             assert relative_error(a, b) <= TOLERANCE[dtype], (name, only, kind, label)
+        if not shared:  # vjp_x and vjp_w in one pass (per-edge weights only)
+            with poisoned_outputs():
+                fused = cpu.vjp_x_w(plan, low(g), low(sh), low(w), low(x), graph, only)
+            for name, a, b in zip(("vjp_x", "vjp_w"), fused, (expected[1], expected[3])):
+                assert a.dtype == dtype
+                assert relative_error(a, b) <= TOLERANCE[dtype], ("vjp_x_w", name, only, kind, label)
     if n:  # isolated atoms neither receive messages nor get gradients from edges
         assert torch.all(got[0][-2:] == 0) and torch.all(got[1][-2:] == 0)
 
@@ -161,18 +167,52 @@ def test_gradcheck_and_gradgradcheck(shared, seeded):
 def test_results_do_not_depend_on_the_thread_count(dtype, seeded):
     """Bitwise, across runs and thread counts: every output row (receiver, sender, edge) is owned by
     one task and summed in edge order; shared weight gradients over fixed edge blocks in order."""
-    plan = make_plan(random_tensor_product(seeded, modes=("uvu", "uvw"), lmax=2, max_mul=24, max_paths=5))
-    senders, receivers, n = random_graph(seeded, "hub", num_nodes=200)
+    # A random plan, and one of direct all-weighted blocks (vjp_x_w's shared contraction).
+    for plan in (make_plan(random_tensor_product(seeded, modes=("uvu", "uvw"), lmax=2, max_mul=24, max_paths=5)),
+                 TensorProductPlan(*DIRECT_PLANS[2])):
+        senders, receivers, n = random_graph(seeded, "hub", num_nodes=200)
+        graph = ConvGraph.build(senders, receivers, n)
+        e = senders.numel()
+        x, g = (torch.randn(n, d, dtype=dtype, generator=seeded) for d in (plan.dim_in1, plan.dim_out))
+        sh = torch.randn(e, plan.dim_in2, dtype=dtype, generator=seeded)
+        w = torch.randn(e, plan.weight_numel, dtype=dtype, generator=seeded)
+        cpu = KERNELS["cpu"]
+        assert_thread_count_independent(lambda: [
+            cpu.forward(plan, x, sh, w, graph, False), cpu.vjp_x(plan, g, sh, w, graph, False),
+            cpu.vjp_sh(plan, x, g, w[0], graph, False), cpu.vjp_w(plan, x, sh, g, graph, False),
+            cpu.vjp_w(plan, x, sh, g, graph, True), *cpu.vjp_x_w(plan, g, sh, w, x, graph, False)],
+            thread_counts=(1, 2, 3, 3))
+
+
+def test_a_backward_without_a_graph_computes_vjp_x_and_vjp_w_in_one_pass(seeded, monkeypatch):
+    """loss.backward() through the conv, and the force pattern's second backward (through vjp_sh),
+    want the node and per-edge weight gradients of one g: one conv_vjp_x_w call (CpuKernels.vjp_x_w)
+    instead of two kernels. Not with shared weights, nor under create_graph (the gradients must stay
+    differentiable)."""
+    calls = []
+    one_pass = CpuKernels.vjp_x_w
+    monkeypatch.setattr(CpuKernels, "vjp_x_w", staticmethod(lambda *args: calls.append(1) or one_pass(*args)))
+    plan = TensorProductPlan(*DIRECT_PLANS[2])
+    senders, receivers, n = random_graph(seeded, "random", num_nodes=30)
     graph = ConvGraph.build(senders, receivers, n)
     e = senders.numel()
-    x, g = (torch.randn(n, d, dtype=dtype, generator=seeded) for d in (plan.dim_in1, plan.dim_out))
-    sh = torch.randn(e, plan.dim_in2, dtype=dtype, generator=seeded)
-    w = torch.randn(e, plan.weight_numel, dtype=dtype, generator=seeded)
-    cpu = KERNELS["cpu"]
-    assert_thread_count_independent(lambda: [
-        cpu.forward(plan, x, sh, w, graph, False), cpu.vjp_x(plan, g, sh, w, graph, False),
-        cpu.vjp_sh(plan, x, g, w[0], graph, False), cpu.vjp_w(plan, x, sh, g, graph, False),
-        cpu.vjp_w(plan, x, sh, g, graph, True)], thread_counts=(1, 2, 3, 3))
+    for shared in (False, True):
+        inputs = [torch.randn(n, plan.dim_in1, dtype=torch.float64, generator=seeded),
+                  torch.randn(e, plan.dim_in2, dtype=torch.float64, generator=seeded),
+                  torch.randn(*(() if shared else (e,)), plan.weight_numel, dtype=torch.float64, generator=seeded)]
+        grads = {}
+        for backend in ("cpu", "reference"):
+            x, sh, w = (t.clone().requires_grad_() for t in inputs)
+            calls.clear()
+            out = conv(x, sh, w, plan=plan, graph=graph, backend=backend)
+            (first,) = torch.autograd.grad(out.pow(2).sum(), sh, create_graph=True)
+            assert not calls  # recorded: separate differentiable ops
+            (first.pow(2).sum() + out.pow(2).sum()).backward()
+            # the energy term's backward and the force term's (through vjp_sh) each: one pass
+            assert len(calls) == (0 if shared or backend == "reference" else 2), (shared, backend)
+            grads[backend] = (x.grad, sh.grad, w.grad)
+        for a, b in zip(grads["cpu"], grads["reference"]):
+            assert relative_error(a, b) <= 1e-11, shared
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -256,6 +296,17 @@ class TestMisuse:
             op(x[:3], sh, w, *graph, *args, torch.empty(3, self.plan.dim_out))
         with pytest.raises(RuntimeError, match="one row per edge|rows for"):
             op(x, sh, w[:3], *graph, *args, out)
+        # vjp_x and vjp_w in one pass: per-edge weights only, outputs of the inputs' shapes, and the
+        # graph checked as for the others.
+        one_pass = torch.ops.nffk_C.conv_vjp_x_w
+        gx, gw = torch.empty(4, self.plan.dim_in1), torch.empty_like(w)
+        one_pass(out, sh, w, x, *graph, *args, gx, gw)  # well-formed call
+        with pytest.raises(RuntimeError, match="one row of weights per edge"):
+            one_pass(out, sh, w[0], x, *graph, *args, gx, gw[0])
+        with pytest.raises(RuntimeError, match="gw must have w's shape"):
+            one_pass(out, sh, w, x, *graph, *args, gx, gw[:3])
+        with pytest.raises(RuntimeError, match="sender_order and sender_ptr"):
+            one_pass(out, sh, w, x, *bad["senders"][0], *args, gx, gw)
 
 
 def test_opcheck_of_the_cpu_ops(seeded):
