@@ -173,10 +173,9 @@ void conv_forward_impl(const Program<T>& prog, const Graph& graph, const T* x, c
 constexpr int64_t kEdgesPerSlab = 4096;  // small enough that 2-8 threads get even shares at ~30k edges
 constexpr int64_t kMaxSlabs = 8;  // partial buffers: kMaxSlabs x nodes x dim1 at most
 
-//
-// With gw (per-edge weights, every path weighted, x the node features), each tile also writes its
-// edges' weight gradients from the same contraction with g (vjp_x1_w_tile, x gathered at senders):
-// vjp_x and vjp_w of one backward in one pass; stream_w: gw by streaming stores.
+// vjp_x as above. With gw (per-edge weights, every path weighted, x the node features), each tile
+// also writes its edges' weight gradients from the same contraction with g (vjp_x1_w_tile, x
+// gathered at senders): vjp_x and vjp_w of one backward in one pass; stream_w: gw by streaming stores.
 template <typename T>
 void conv_vjp_x_impl(const Program<T>& prog, const Graph& graph, const T* g, const T* sh, const T* w,
                      int64_t wstride, T* out, int64_t dim1, int64_t dim2, int64_t dim_out, const T* x = nullptr,
