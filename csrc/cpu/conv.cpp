@@ -269,7 +269,7 @@ void run_conv(ConvKernel kernel, const char* op, const at::Tensor& x, const at::
       return;
     case ConvKernel::kVjpXW: {
       // One pass where one program serves both gradients (every path weighted), else one after the other.
-      if (std::all_of(prog.paths.begin(), prog.paths.end(), [](const tp::Path<T>& p) { return p.has_weight; })) {
+      if (every_path_weighted(prog)) {
         conv_vjp_x_impl(prog, graph, data(g), data(sh), data(w), wstride, po, dim1, dim2, dim_out, data(x),
                         gw.data_ptr<T>(), streams_output<T>(Kernel::kVjpW, gw));
       } else {

@@ -78,9 +78,7 @@ void tp_vjp(const at::Tensor& x1, const at::Tensor& x2, const at::Tensor& w, con
     const auto program = cached_program<T>(op, paths, coefficients, cg_index, cg_value, dim1, dim2, dim_out, numel,
                                            weighted_only);
     // vjp_w's program keeps the weighted paths; where every path is weighted it is the same one.
-    const bool all_weighted = std::all_of(program->paths.begin(), program->paths.end(),
-                                          [](const tp::Path<T>& p) { return p.has_weight; });
-    const auto weight_program = weighted_only || all_weighted
+    const auto weight_program = weighted_only || every_path_weighted(*program)
                                     ? program
                                     : cached_program<T>(op, paths, coefficients, cg_index, cg_value, dim1, dim2,
                                                         dim_out, numel, true);

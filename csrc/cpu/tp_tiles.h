@@ -238,6 +238,13 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
   return prog;
 }
 
+// Whether every path has weights: then the weighted paths' program (vjp_w's) is this one, and
+// vjp_x1 and vjp_w can share their contraction (vjp_x1_w_tile).
+template <typename T>
+bool every_path_weighted(const Program<T>& prog) {
+  return std::all_of(prog.paths.begin(), prog.paths.end(), [](const tp::Path<T>& p) { return p.has_weight; });
+}
+
 // The program of a call, from a cache of recent ones. Building one checks and sorts every CG
 // non-zero: high-order (175 paths, 11,896 non-zeros) ~250 us a call, as much as its kernels on a
 // few dozen edges. The key is everything build_program reads, the tables byte for byte (a table
@@ -998,7 +1005,7 @@ void vjp_x1_w_tile(const Program<T>& prog, const TileIO<T>& io_x1, const TileIO<
     project_group(prog, b, s.x2t, s.A);
     const bool done = run_direct(prog, io_w, b, true, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
       const auto [g, g_ld] = direct_g(prog, io_w, b, e);
-      direct::vjp_x1_w<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, g, g_ld, io_w.w[e] + p.weight_offset,
+      direct::vjp_x1_w<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, g, g_ld, path_weights(p, io_w, e),
                                                s.gx1c + e * prog.x1_scratch + xb.slot,
                                                x1_channel_major(prog, io_w, s.x1c, e) + xb.slot, xb.ld,
                                                weight_target(p, io_w, store, s, e), store == WeightStore::kAdd);
@@ -1238,9 +1245,9 @@ void run_backward(const Program<T>& prog, const Program<T>& weight_prog, const E
   const int64_t units = (tiles + tiles_per_unit - 1) / tiles_per_unit;
   const int64_t grain = shared ? 1 : tile_grain<T>(dim1 + dim2 + dim_out + weight_numel);
   // vjp_w writes each element's row, or adds to its block's partial row (shared weights).
-  const WeightStore weight_store = shared                                                   ? WeightStore::kAdd
-                                   : gw.defined() && streams_output<T>(Kernel::kVjpW, gw) ? WeightStore::kStream
-                                                                                            : WeightStore::kWrite;
+  const WeightStore weight_store = shared                                 ? WeightStore::kAdd
+                                   : gw.defined() && outputs.back().stream ? WeightStore::kStream
+                                                                           : WeightStore::kWrite;
   at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
     std::vector<std::unique_ptr<TPScratch<T>>> scratch;
     for (const Output& o : outputs)
