@@ -108,9 +108,9 @@ struct Float16 {
   static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
   static Reg mul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }
   static Reg set1(float x) { return _mm512_set1_ps(x); }
-  // Lanes of `mask` take src[index[lane]], the others keep `into`.
-  static Reg permute(Reg into, uint32_t mask, const int32_t* index, Reg src) {
-    return _mm512_mask_permutexvar_ps(into, static_cast<__mmask16>(mask), _mm512_load_si512(index), src);
+  // Lane i = a[index[i]] for index[i] < N, else b[index[i] - N].
+  static Reg permute2(Reg a, const int32_t* index, Reg b) {
+    return _mm512_permutex2var_ps(a, _mm512_load_si512(index), b);
   }
   // Lane i = the sum of r[i]'s lanes. A halving tree (each step adds the two halves of pairs of
   // vectors, 45 shuffles and adds) instead of a transpose and adds (79). With r read in the order
@@ -144,8 +144,8 @@ struct Double8 {
   static Reg add(Reg a, Reg b) { return _mm512_add_pd(a, b); }
   static Reg mul(Reg a, Reg b) { return _mm512_mul_pd(a, b); }
   static Reg set1(double x) { return _mm512_set1_pd(x); }
-  static Reg permute(Reg into, uint32_t mask, const int64_t* index, Reg src) {
-    return _mm512_mask_permutexvar_pd(into, static_cast<__mmask8>(mask), _mm512_load_si512(index), src);
+  static Reg permute2(Reg a, const int64_t* index, Reg b) {
+    return _mm512_permutex2var_pd(a, _mm512_load_si512(index), b);
   }
   // Lane i = the sum of r[i]'s lanes (the halving tree of Float16::sum_rows).
   static Reg sum_rows(const Reg* r) {
@@ -174,27 +174,37 @@ struct TileOf<double> {
 
 // Shuffles between the two layouts of N channels of a block with d < N components: d
 // channel-major vectors (one per component) and the same N * d numbers in [mul][d] order, d
-// vectors again. Each output vector gathers lanes from all d inputs (d masked permutes): d * d
-// shuffles, no partial stores, where a 16x16 register transpose costs 64 shuffles and N masked
-// stores of d numbers (the stores dominate a memory-bound kernel: they reach memory in pieces).
+// vectors again. Each output vector gathers lanes from all d inputs: two-source permutes, the
+// first from inputs 0 and 1, then each further one merges input s into the vector so far, d (d - 1)
+// in all, where a 16x16 register transpose costs 64 shuffles and N masked stores of d numbers (the
+// stores dominate a memory-bound kernel: they reach memory in pieces). One permute a cycle is the
+// limit; the earlier d * d masked one-source permutes (each with its mask from a table) took
+// 20-45 % longer (d = 2-7, a loop in L1).
 template <typename T>
 struct SmallBlockShuffles {
   static constexpr int N = TileOf<T>::type::N;
-  static constexpr int kMaxD = 8;
+  static constexpr int kMaxD = 7;
   using Index = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-  alignas(64) Index row_index[kMaxD + 1][kMaxD][N];  // [d][q][t]: channel of lane t of row vector q
-  uint32_t row_mask[kMaxD + 1][kMaxD][kMaxD];        // [d][q][m]: lanes of row vector q holding component m
-  alignas(64) Index col_index[kMaxD + 1][kMaxD][N];  // [d][m][u]: lane of (u, m) in its row vector
-  uint32_t col_mask[kMaxD + 1][kMaxD][kMaxD];        // [d][m][q]: channels whose component m is in row vector q
-  SmallBlockShuffles() : row_index(), row_mask(), col_index(), col_mask() {
-    for (int d = 1; d <= kMaxD; ++d)
-      for (int f = 0; f < d * N; ++f) {
+  // [d][output][s][lane], s = 1 .. d - 1: the index of the permute that brings in input s
+  alignas(64) Index to_rows[kMaxD + 1][kMaxD][kMaxD][N];  // output: row vector q; inputs: components
+  alignas(64) Index to_cols[kMaxD + 1][kMaxD][kMaxD][N];  // output: component m; inputs: row vectors
+  SmallBlockShuffles() : to_rows(), to_cols() {
+    for (int d = 2; d <= kMaxD; ++d) {
+      for (int o = 0; o < d; ++o)  // lanes keep their place in the vector so far unless brought in
+        for (int s = 2; s < d; ++s)
+          for (int lane = 0; lane < N; ++lane) to_rows[d][o][s][lane] = to_cols[d][o][s][lane] = lane;
+      // Lane `lane` of an output takes lane `from` of input `source`: in the first permute from
+      // input 0 or 1, else in permute `source`.
+      auto bring = [](Index (*steps)[N], int lane, int source, int from) {
+        if (source <= 1) steps[1][lane] = source * N + from;
+        else steps[source][lane] = N + from;
+      };
+      for (int f = 0; f < d * N; ++f) {  // number f of the [u][m] order: row vector q, lane t
         const int q = f / N, t = f % N, u = f / d, m = f % d;
-        row_index[d][q][t] = u;
-        row_mask[d][q][m] |= 1u << t;
-        col_index[d][m][u] = t;
-        col_mask[d][m][q] |= 1u << u;
+        bring(to_rows[d][q], t, m, u);
+        bring(to_cols[d][m], u, q, t);
       }
+    }
   }
   static const SmallBlockShuffles& get() {
     static const SmallBlockShuffles tables;
@@ -202,35 +212,35 @@ struct SmallBlockShuffles {
   }
 };
 
+// One output of D inputs by the permutes of `steps` (a table of SmallBlockShuffles).
+template <typename T, int D>
+inline typename TileOf<T>::type::Reg merge_inputs(const typename TileOf<T>::type::Reg* in,
+                                                  const typename SmallBlockShuffles<T>::Index (*steps)[TileOf<T>::type::N]) {
+  using Tile = typename TileOf<T>::type;
+  typename Tile::Reg r = Tile::permute2(in[0], steps[1], in[1]);
+  for (int s = 2; s < D; ++s) r = Tile::permute2(r, steps[s], in[s]);
+  return r;
+}
+
 // Registers: cols[m] holds component m of N channels; rows[q] the same N * D numbers in [u][m]
 // order (channel u's components at lanes u * D .. u * D + D - 1 of the concatenation).
 template <typename T, int D>
 inline void interleave(const typename TileOf<T>::type::Reg* cols, typename TileOf<T>::type::Reg* rows) {
-  using Tile = typename TileOf<T>::type;
   if constexpr (D == 1) {
     rows[0] = cols[0];
-    return;
-  }
-  const auto& sh = SmallBlockShuffles<T>::get();
-  for (int q = 0; q < D; ++q) {
-    typename Tile::Reg r = Tile::zero();
-    for (int m = 0; m < D; ++m) r = Tile::permute(r, sh.row_mask[D][q][m], sh.row_index[D][q], cols[m]);
-    rows[q] = r;
+  } else {
+    const auto& sh = SmallBlockShuffles<T>::get();
+    for (int q = 0; q < D; ++q) rows[q] = merge_inputs<T, D>(cols, sh.to_rows[D][q]);
   }
 }
 
 template <typename T, int D>
 inline void deinterleave(const typename TileOf<T>::type::Reg* rows, typename TileOf<T>::type::Reg* cols) {
-  using Tile = typename TileOf<T>::type;
   if constexpr (D == 1) {
     cols[0] = rows[0];
-    return;
-  }
-  const auto& sh = SmallBlockShuffles<T>::get();
-  for (int m = 0; m < D; ++m) {
-    typename Tile::Reg r = Tile::zero();
-    for (int q = 0; q < D; ++q) r = Tile::permute(r, sh.col_mask[D][m][q], sh.col_index[D][m], rows[q]);
-    cols[m] = r;
+  } else {
+    const auto& sh = SmallBlockShuffles<T>::get();
+    for (int m = 0; m < D; ++m) cols[m] = merge_inputs<T, D>(rows, sh.to_cols[D][m]);
   }
 }
 
