@@ -254,6 +254,95 @@ void vjp_x2(int32_t d1, int64_t mul, const T* X, int64_t ld, const T* g, int64_t
   for (; !done && i0 < d1; ++i0) pair_sums<T, D3, 1>(i0, mul, X, ld, G, S);
 }
 
+// r[t], lane e = row(e)[t] for the tile's elements e < count (zero past it): element rows as
+// columns, by an N x N register transpose.
+template <typename T, typename Row>
+inline void rows_to_lanes(int64_t count, Row&& row, Reg<T>* r) {
+  constexpr int N = Tile<T>::N;
+  for (int e = 0; e < N; ++e) r[e] = e < count ? Tile<T>::load_full(row(e)) : Tile<T>::zero();
+  Tile<T>::transpose(r);
+}
+
+// XT[(i * ld + u) * N + e] = X_e[i][u] for a block of whole channel groups (X[e]: element e's block,
+// channel-major [d][ld], ld = mul): the layout of vjp_x2_across's x1.
+template <typename T>
+void block_to_lanes(int32_t d, const T* const* X, int64_t ld, int64_t count, T* XT) {
+  constexpr int N = Tile<T>::N;
+  Reg<T> r[N];
+  for (int32_t i = 0; i < d; ++i)
+    for (int64_t u0 = 0; u0 < ld; u0 += N) {
+      rows_to_lanes<T>(count, [&](int e) { return X[e] + i * ld + u0; }, r);
+      for (int u = 0; u < N; ++u) Tile<T>::store_full(XT + (i * ld + u0 + u) * N, r[u]);
+    }
+}
+
+// S[(i * D3 + k) * N + e] (+)= sum_u XT[i][u][e] GT[k][u][e] over one channel group, for ROWS rows
+// from i0 (XT's rows x_stride numbers apart; first: S not yet written).
+template <typename T, int D3, int ROWS>
+inline void across_sums(int32_t i0, const T* XT, int64_t x_stride, const T* GT, T* S, bool first) {
+  constexpr int N = Tile<T>::N, M = ROWS * D3;
+  Reg<T> acc[M];
+  for (int m = 0; m < M; ++m) acc[m] = first ? Tile<T>::zero() : Tile<T>::load_full(S + (i0 * D3 + m) * N);
+  for (int u = 0; u < N; ++u) {
+    Reg<T> gk[D3];
+    for (int k = 0; k < D3; ++k) gk[k] = Tile<T>::load_full(GT + (k * N + u) * N);
+    for (int r = 0; r < ROWS; ++r) {
+      const Reg<T> x = Tile<T>::load_full(XT + (i0 + r) * x_stride + u * N);
+      for (int k = 0; k < D3; ++k) acc[r * D3 + k] = Tile<T>::fma(x, gk[k], acc[r * D3 + k]);
+    }
+  }
+  for (int m = 0; m < M; ++m) Tile<T>::store_full(S + (i0 * D3 + m) * N, acc[m]);
+}
+
+// vjp_x2's pair sums of a path of one channel group (N = the tile's TE channels) for the tile's
+// elements at once, lanes = elements: S[(i * D3 + k) * N + e] = sum_u X_e[i][u] w_e[u] g_e[u][k].
+// N x N register transposes put the elements' rows of g and w in lanes (x1's, XT, are made once
+// per tile by block_to_lanes); then each pair (i, k) takes one FMA per channel into a vector of the
+// elements' sums. vjp_x2 sums a pair over one element's channels, reduces it across the lanes and
+// stores it as a scalar: for a path of one channel group (the models' 16-channel convolutions) the
+// reductions and the stores were most of the work. G[e] (with g_ld as for load_g) and W[e]
+// (nullptr: unweighted): element e's blocks; rows from `count` on are taken as zero. GT: scratch of
+// D3 N N numbers.
+template <typename T, int D3>
+void vjp_x2_across(int32_t d1, int64_t mul, const T* XT, const T* const* G, int64_t g_ld, const T* const* W,
+                   int64_t count, T* GT, T* S) {
+  constexpr int N = Tile<T>::N;
+  constexpr int R = D3 < 14 ? (28 - D3) / D3 : 1;  // R * D3 sums + D3 of g + 1 of x: <= 31 registers
+  Reg<T> r[N], wt[N];
+  const bool weighted = W[0] != nullptr;
+  for (int64_t u0 = 0; u0 < mul; u0 += N) {
+    if (weighted) {
+      rows_to_lanes<T>(count, [&](int e) { return W[e] + u0; }, r);
+      for (int u = 0; u < N; ++u) wt[u] = r[u];
+    }
+    const auto put_g = [&](int k, int u, Reg<T> v) {
+      Tile<T>::store_full(GT + (k * N + u) * N, weighted ? Tile<T>::mul(v, wt[u]) : v);
+    };
+    if (g_ld == 0) {  // e3nn's [mul][D3] rows: number f of the group's N D3 is (u, k) = (f / D3, f % D3)
+      for (int q = 0; q < D3; ++q) {
+        rows_to_lanes<T>(count, [&](int e) { return G[e] + u0 * D3 + q * N; }, r);
+        for (int t = 0; t < N; ++t) put_g((q * N + t) % D3, (q * N + t) / D3, r[t]);
+      }
+    } else {
+      for (int k = 0; k < D3; ++k) {
+        rows_to_lanes<T>(count, [&](int e) { return G[e] + k * g_ld + u0; }, r);
+        for (int u = 0; u < N; ++u) put_g(k, u, r[u]);
+      }
+    }
+    const T* X = XT + u0 * N;
+    const int64_t x_stride = mul * N;
+    int32_t i0 = 0;
+    for (; i0 + R <= d1; i0 += R) across_sums<T, D3, R>(i0, X, x_stride, GT, S, u0 == 0);
+    if (i0 == d1) continue;
+    bool done = false;
+    with_components<(R > 16 ? 15 : R - 1)>(d1 - i0, [&](auto rows) {
+      across_sums<T, D3, decltype(rows)::value>(i0, X, x_stride, GT, S, u0 == 0);
+      done = true;
+    });
+    for (; !done && i0 < d1; ++i0) across_sums<T, D3, 1>(i0, X, x_stride, GT, S, u0 == 0);
+  }
+}
+
 #else
 // Without AVX-512 no block is direct (kAvailable): the kernels are declared for the call sites in
 // tp_tiles.h, which discard them at compile time, and never defined.
@@ -275,6 +364,11 @@ void vjp_w(int32_t d1, int64_t mul, const T* A, const T* X, int64_t ld, const T*
 template <typename T, int D3>
 void vjp_x1_w(int32_t d1, int64_t mul, const T* A, const T* g, int64_t g_ld, const T* w, T* gX,
               const T* X, int64_t ld, T* gw, bool accumulate);
+template <typename T>
+void block_to_lanes(int32_t d, const T* const* X, int64_t ld, int64_t count, T* XT);
+template <typename T, int D3>
+void vjp_x2_across(int32_t d1, int64_t mul, const T* XT, const T* const* G, int64_t g_ld, const T* const* W,
+                   int64_t count, T* GT, T* S);
 #endif
 
 }  // namespace nffk::cpu::direct
