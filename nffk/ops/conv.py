@@ -208,6 +208,21 @@ def _conv_vjp_w(x: torch.Tensor, sh: torch.Tensor, g: torch.Tensor, senders: tor
     return KERNELS[backend].vjp_w(_plans.get(plan_id), x, sh, g, graph, shared)
 
 
+@torch.library.custom_op("nffk::conv_vjp_x_w", mutates_args=())
+def _conv_vjp_x_w(x: torch.Tensor, sh: torch.Tensor, w: torch.Tensor, g: torch.Tensor, senders: torch.Tensor,
+                  receivers: torch.Tensor, receiver_ptr: torch.Tensor, sender_order: torch.Tensor,
+                  sender_ptr: torch.Tensor, plan_id: int, backend: str,
+                  weighted_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(conv_vjp_x(g, sh, w), conv_vjp_w(x, sh, g)) for per-edge weights, as one differentiable op:
+    the cpu backend's one pass (CpuKernels.vjp_x_w) where autograd records the gradients (the
+    force pattern's first backward)."""
+    graph = ConvGraph(senders, receivers, receiver_ptr, sender_order, sender_ptr)
+    plan, kernels = _plans.get(plan_id), KERNELS[backend]
+    if hasattr(kernels, "vjp_x_w"):
+        return kernels.vjp_x_w(plan, g, sh, w, x, graph, weighted_only)
+    return kernels.vjp_x(plan, g, sh, w, graph, weighted_only), kernels.vjp_w(plan, x, sh, g, graph, False)
+
+
 @_conv_forward.register_fake
 def _(x, sh, w, *graph_and_flags):
     return x.new_empty(x.shape[0], _plans.get(graph_and_flags[5]).dim_out)
@@ -216,6 +231,11 @@ def _(x, sh, w, *graph_and_flags):
 @_conv_vjp_x.register_fake
 def _(g, sh, w, *graph_and_flags):
     return g.new_empty(g.shape[0], _plans.get(graph_and_flags[5]).dim_in1)
+
+
+@_conv_vjp_x_w.register_fake
+def _(x, sh, w, g, *graph_and_flags):
+    return g.new_empty(x.shape[0], _plans.get(graph_and_flags[5]).dim_in1), w.new_empty(w.shape)
 
 
 @_conv_vjp_sh.register_fake
@@ -234,8 +254,8 @@ def _save(ctx, inputs, output):
     ctx.plan_id, ctx.backend, ctx.flag = inputs[8], inputs[9], inputs[10]
 
 
-C, CX, CS, CW = (torch.ops.nffk.conv_forward, torch.ops.nffk.conv_vjp_x, torch.ops.nffk.conv_vjp_sh,
-                 torch.ops.nffk.conv_vjp_w)
+C, CX, CS, CW, CXW = (torch.ops.nffk.conv_forward, torch.ops.nffk.conv_vjp_x, torch.ops.nffk.conv_vjp_sh,
+                      torch.ops.nffk.conv_vjp_w, torch.ops.nffk.conv_vjp_x_w)
 _NONE_FOR_GRAPH_AND_FLAGS = (None,) * 8
 
 
@@ -245,11 +265,13 @@ def _unpack(ctx):
 
 
 def _x_and_w(x, sh, w, g, graph, p, b, only, need):
-    """(CX(g, sh, w), CW(x, sh, g)) where `need` (two flags) says. Both, with per-edge weights and
-    not recorded by autograd, run as one pass on the cpu backend (CpuKernels.vjp_x_w); else each is
-    its own op (differentiable again)."""
-    if all(need) and b == "cpu" and w.dim() == 2 and _autograd.direct_call_is_safe(x, sh, w, g):
-        return CpuKernels.vjp_x_w(_plans.get(p), g, sh, w, x, ConvGraph(*graph), only)
+    """(CX(g, sh, w), CW(x, sh, g)) where `need` (two flags) says. Both, with per-edge weights on the
+    cpu backend, run as one pass (CpuKernels.vjp_x_w): called directly where autograd does not
+    record them, else through the differentiable CXW; otherwise each is its own op."""
+    if all(need) and b == "cpu" and w.dim() == 2:
+        if _autograd.direct_call_is_safe(x, sh, w, g):
+            return CpuKernels.vjp_x_w(_plans.get(p), g, sh, w, x, ConvGraph(*graph), only)
+        return CXW(x, sh, w, g, *graph, p, b, only)
     return (CX(g, sh, w, *graph, p, b, only) if need[0] else None,
             CW(x, sh, g, *graph, p, b, w.dim() == 1) if need[1] else None)
 
@@ -283,7 +305,33 @@ def _backward_vjp_w(ctx, h):
             C(x, sh, h, *graph, p, b, True) if need[2] else None) + _NONE_FOR_GRAPH_AND_FLAGS
 
 
+def _save_x_w(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:9])
+    ctx.plan_id, ctx.backend, ctx.flag = inputs[9], inputs[10], inputs[11]
+
+
+def _backward_vjp_x_w(ctx, hx, hw):
+    # The two ops' backward formulas (_backward_vjp_x with hx, _backward_vjp_w with hw), summed
+    # where both reach an input (sh, g).
+    saved = ctx.saved_tensors
+    (x, sh, w, g), graph, p, b, only = saved[:4], tuple(saved[4:]), ctx.plan_id, ctx.backend, ctx.flag
+    need = _autograd.wanted(ctx, 4)
+
+    def total(*terms):
+        terms = [t for t in terms if t is not None]
+        return sum(terms[1:], terms[0]) if terms else None
+    hx_terms, hw_terms = hx is not None, hw is not None
+    # CX(g, sh, hw) and CW(hx, sh, g): the one pass again (hw covers the weighted paths only)
+    gx, gw = _x_and_w(hx, sh, hw, g, graph, p, b, True, (need[0] and hw_terms, need[2] and hx_terms))
+    gsh = total(CS(hx, g, w, *graph, p, b, only) if need[1] and hx_terms else None,
+                CS(x, g, hw, *graph, p, b, True) if need[1] and hw_terms else None)
+    gg = total(C(hx, sh, w, *graph, p, b, only) if need[3] and hx_terms else None,
+               C(x, sh, hw, *graph, p, b, True) if need[3] and hw_terms else None)
+    return (gx, gsh, gw, gg) + _NONE_FOR_GRAPH_AND_FLAGS
+
+
 _conv_forward.register_autograd(_backward_forward, setup_context=_save)
+_conv_vjp_x_w.register_autograd(_backward_vjp_x_w, setup_context=_save_x_w)
 _conv_vjp_x.register_autograd(_backward_vjp_x, setup_context=_save)
 _conv_vjp_sh.register_autograd(_backward_vjp_sh, setup_context=_save)
 _conv_vjp_w.register_autograd(_backward_vjp_w, setup_context=_save)

@@ -187,8 +187,8 @@ def test_results_do_not_depend_on_the_thread_count(dtype, seeded):
 def test_a_backward_without_a_graph_computes_vjp_x_and_vjp_w_in_one_pass(seeded, monkeypatch):
     """loss.backward() through the conv, and the force pattern's second backward (through vjp_sh),
     want the node and per-edge weight gradients of one g: one conv_vjp_x_w call (CpuKernels.vjp_x_w)
-    instead of two kernels. Not with shared weights, nor under create_graph (the gradients must stay
-    differentiable)."""
+    instead of two kernels. Not with shared weights. Under create_graph with only sh wanted, neither
+    gradient is computed."""
     calls = []
     one_pass = CpuKernels.vjp_x_w
     monkeypatch.setattr(CpuKernels, "vjp_x_w", staticmethod(lambda *args: calls.append(1) or one_pass(*args)))
@@ -213,6 +213,35 @@ def test_a_backward_without_a_graph_computes_vjp_x_and_vjp_w_in_one_pass(seeded,
             grads[backend] = (x.grad, sh.grad, w.grad)
         for a, b in zip(grads["cpu"], grads["reference"]):
             assert relative_error(a, b) <= 1e-11, shared
+
+
+def test_the_force_pattern_records_vjp_x_and_vjp_w_as_one_differentiable_op(seeded, monkeypatch):
+    """In a model's force computation the first backward wants the node, edge-attribute and per-edge
+    weight gradients with create_graph (the weights depend on the positions): vjp_x and vjp_w run as
+    one recorded op (nffk::conv_vjp_x_w), whose backward the second backward takes. Gradients equal
+    the reference backend's, which records the two ops."""
+    calls = []
+    one_pass = CpuKernels.vjp_x_w
+    monkeypatch.setattr(CpuKernels, "vjp_x_w", staticmethod(lambda *args: calls.append(1) or one_pass(*args)))
+    for plan in (TensorProductPlan(*DIRECT_PLANS[0]), TensorProductPlan(*DIRECT_PLANS[2])):
+        senders, receivers, n = random_graph(seeded, "random", num_nodes=30)
+        graph = ConvGraph.build(senders, receivers, n)
+        e = senders.numel()
+        inputs = [torch.randn(n, plan.dim_in1, dtype=torch.float64, generator=seeded),
+                  torch.randn(e, plan.dim_in2, dtype=torch.float64, generator=seeded),
+                  torch.randn(e, plan.weight_numel, dtype=torch.float64, generator=seeded)]
+        results = {}
+        for backend in ("cpu", "reference"):
+            x, sh, w = (t.clone().requires_grad_() for t in inputs)
+            calls.clear()
+            with poisoned_outputs():
+                energy = conv(x, sh, w, plan=plan, graph=graph, backend=backend).pow(2).sum()
+                first = torch.autograd.grad(energy, (x, sh, w), create_graph=True)
+                assert len(calls) == (1 if backend == "cpu" else 0)
+                (sum(f.pow(2).sum() for f in first) + energy).backward()
+            results[backend] = [energy.detach(), *(f.detach() for f in first), x.grad, sh.grad, w.grad]
+        for a, b in zip(results["cpu"], results["reference"]):
+            assert relative_error(a, b) <= 1e-11
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -324,3 +353,4 @@ def test_opcheck_of_the_cpu_ops(seeded):
     torch.library.opcheck(ops.conv_vjp_x.default, (g, sh, w, *graph, plan.id, "cpu", False))
     torch.library.opcheck(ops.conv_vjp_sh.default, (x, g, w, *graph, plan.id, "cpu", True))
     torch.library.opcheck(ops.conv_vjp_w.default, (x, sh, g, *graph, plan.id, "cpu", True))
+    torch.library.opcheck(ops.conv_vjp_x_w.default, (x, sh, w, g, *graph, plan.id, "cpu", False))
