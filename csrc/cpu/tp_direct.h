@@ -11,6 +11,7 @@
 // unweighted), all channel groups of N = vector width.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "scratch.h"
 #include "streaming.h"
@@ -228,30 +229,40 @@ inline void pair_sums(int32_t i0, int64_t mul, const T* X, int64_t ld, const T* 
   }
 }
 
+// fn(i0, rows) over the d1 rows of x1 in blocks of R (rows: an integral_constant), so that the
+// R * D3 pair sums of a block, D3 vectors of g and one of x1 fit in 31 registers. The rest, fewer
+// than R rows: a count with_components has for the irreps' d1 (1-7, odd up to 15); any other row
+// by row.
+template <int D3, typename Fn>
+inline void in_row_blocks(int32_t d1, Fn&& fn) {
+  constexpr int R = D3 < 14 ? (28 - D3) / D3 : 1;
+  int32_t i0 = 0;
+  for (; i0 + R <= d1; i0 += R) fn(i0, std::integral_constant<int, R>{});
+  if (i0 == d1) return;
+  bool done = false;
+  with_components<(R > 16 ? 15 : R - 1)>(d1 - i0, [&](auto rows) {
+    fn(i0, rows);
+    done = true;
+  });
+  for (; !done && i0 < d1; ++i0) fn(i0, std::integral_constant<int, 1>{});
+}
+
 // S[(i * d3 + k) * kStride] = sum_u X[i][u] w[u] g[u][k] for every (i, k) of the path, the CG's
 // zero pairs included (13-28 % more FMAs on nequip and mace, against two loads per FMA when the
 // pairs are walked one by one). The weighted g goes channel-major into G ([D3][mul], L1) once; then
-// R rows of X at a time (pair_sums).
+// R rows of X at a time (pair_sums, in_row_blocks).
 template <typename T, int D3>
 void vjp_x2(int32_t d1, int64_t mul, const T* X, int64_t ld, const T* g, int64_t g_ld, const T* w, T* G, T* S) {
   constexpr int N = Tile<T>::N;
-  constexpr int R = D3 < 14 ? (28 - D3) / D3 : 1;  // R * D3 sums + D3 of g + 1 of X: <= 31 registers
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
     Reg<T> gk[D3];
     load_g<T, D3>(g, g_ld, u0, gk);
     scale_by_weights<T, D3>(w, u0, gk);
     for (int k = 0; k < D3; ++k) Tile<T>::store_full(G + k * mul + u0, gk[k]);
   }
-  int32_t i0 = 0;
-  for (; i0 + R <= d1; i0 += R) pair_sums<T, D3, R>(i0, mul, X, ld, G, S);
-  // The rest, d1 - i0 < R rows: a count with_components has for the irreps' d1 (1-7, odd up to
-  // 15); any other row by row.
-  bool done = i0 == d1;
-  with_components<(R > 16 ? 15 : R - 1)>(d1 - i0, [&](auto rows) {
+  in_row_blocks<D3>(d1, [&](int32_t i0, auto rows) {
     pair_sums<T, D3, decltype(rows)::value>(i0, mul, X, ld, G, S);
-    done = true;
   });
-  for (; !done && i0 < d1; ++i0) pair_sums<T, D3, 1>(i0, mul, X, ld, G, S);
 }
 
 // r[t], lane e = row(e)[t] for the tile's elements e < count (zero past it): element rows as
@@ -294,20 +305,19 @@ inline void across_sums(int32_t i0, const T* XT, int64_t x_stride, const T* GT, 
   for (int m = 0; m < M; ++m) Tile<T>::store_full(S + (i0 * D3 + m) * N, acc[m]);
 }
 
-// vjp_x2's pair sums of a path of one channel group (N = the tile's TE channels) for the tile's
-// elements at once, lanes = elements: S[(i * D3 + k) * N + e] = sum_u X_e[i][u] w_e[u] g_e[u][k].
-// N x N register transposes put the elements' rows of g and w in lanes (x1's, XT, are made once
-// per tile by block_to_lanes); then each pair (i, k) takes one FMA per channel into a vector of the
-// elements' sums. vjp_x2 sums a pair over one element's channels, reduces it across the lanes and
-// stores it as a scalar: for a path of one channel group (the models' 16-channel convolutions) the
-// reductions and the stores were most of the work. G[e] (with g_ld as for load_g) and W[e]
-// (nullptr: unweighted): element e's blocks; rows from `count` on are taken as zero. GT: scratch of
-// D3 N N numbers.
+// vjp_x2's pair sums of a path for the tile's elements at once, lanes = elements (N = the tile's
+// TE): S[(i * D3 + k) * N + e] = sum_u X_e[i][u] w_e[u] g_e[u][k]. Per group of N channels, N x N
+// register transposes put the elements' rows of g and w in lanes (x1's, XT, are made once per tile
+// by block_to_lanes); then each pair (i, k) takes one FMA per channel into a vector of the elements'
+// sums. vjp_x2 sums a pair over one element's channels, reduces it across the lanes and stores it
+// as a scalar: for a path of one or two channel groups (the models' 16-channel convolutions,
+// high-order's 32 channels) the reductions and the stores were most of the work.
+// G[e] (with g_ld as for load_g) and W[e] (nullptr: unweighted): element e's blocks; rows from
+// `count` on are taken as zero. GT: scratch of D3 N N numbers.
 template <typename T, int D3>
 void vjp_x2_across(int32_t d1, int64_t mul, const T* XT, const T* const* G, int64_t g_ld, const T* const* W,
                    int64_t count, T* GT, T* S) {
   constexpr int N = Tile<T>::N;
-  constexpr int R = D3 < 14 ? (28 - D3) / D3 : 1;  // R * D3 sums + D3 of g + 1 of x: <= 31 registers
   Reg<T> r[N], wt[N];
   const bool weighted = W[0] != nullptr;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
@@ -329,17 +339,9 @@ void vjp_x2_across(int32_t d1, int64_t mul, const T* XT, const T* const* G, int6
         for (int u = 0; u < N; ++u) put_g(k, u, r[u]);
       }
     }
-    const T* X = XT + u0 * N;
-    const int64_t x_stride = mul * N;
-    int32_t i0 = 0;
-    for (; i0 + R <= d1; i0 += R) across_sums<T, D3, R>(i0, X, x_stride, GT, S, u0 == 0);
-    if (i0 == d1) continue;
-    bool done = false;
-    with_components<(R > 16 ? 15 : R - 1)>(d1 - i0, [&](auto rows) {
-      across_sums<T, D3, decltype(rows)::value>(i0, X, x_stride, GT, S, u0 == 0);
-      done = true;
+    in_row_blocks<D3>(d1, [&](int32_t i0, auto rows) {
+      across_sums<T, D3, decltype(rows)::value>(i0, XT + u0 * N, mul * N, GT, S, u0 == 0);
     });
-    for (; !done && i0 < d1; ++i0) across_sums<T, D3, 1>(i0, X, x_stride, GT, S, u0 == 0);
   }
 }
 
