@@ -91,6 +91,17 @@ inline void load_g(const T* g, int64_t g_ld, int64_t u0, Reg<T>* gk) {
   for (int k = 0; k < D; ++k) gk[k] = Tile<T>::load_full(g + k * g_ld + u0);
 }
 
+// The N numbers at p = v: by a streaming store with `stream` where p is 64-byte aligned (see
+// streaming.h), else a plain one.
+template <typename T>
+inline void put(T* p, Reg<T> v, bool stream) {
+  if (stream && reinterpret_cast<uintptr_t>(p) % 64 == 0) {
+    Tile<T>::stream_full(p, v);
+  } else {
+    Tile<T>::store_full(p, v);
+  }
+}
+
 // v[k] *= w[u] for the N channels from u0 (w == nullptr: an unweighted path, unchanged).
 template <typename T, int D>
 inline void scale_by_weights(const T* w, int64_t u0, Reg<T>* v) {
@@ -162,10 +173,10 @@ void vjp_x1(int32_t d1, int64_t mul, const T* A, const T* g, int64_t g_ld, const
 }
 
 // gw[u] (+)= sum_k g[u][k] sum_i A[i][k] X[i][u], into the weight row (gw = row + weight offset;
-// g and g_ld as for load_g).
+// g and g_ld as for load_g; stream: by streaming stores, not with accumulate).
 template <typename T, int D3>
 void vjp_w(int32_t d1, int64_t mul, const T* A, const T* X, int64_t ld, const T* g, int64_t g_ld,
-           T* gw, bool accumulate) {
+           T* gw, bool accumulate, bool stream) {
   constexpr int N = Tile<T>::N;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
     Reg<T> gk[D3], y[D3];
@@ -177,7 +188,7 @@ void vjp_w(int32_t d1, int64_t mul, const T* A, const T* X, int64_t ld, const T*
     }
     Reg<T> acc = accumulate ? Tile<T>::load_full(gw + u0) : Tile<T>::zero();
     for (int k = 0; k < D3; ++k) acc = Tile<T>::fma(gk[k], y[k], acc);
-    Tile<T>::store_full(gw + u0, acc);
+    put<T>(gw + u0, acc, stream);
   }
 }
 
@@ -186,7 +197,7 @@ void vjp_w(int32_t d1, int64_t mul, const T* A, const T* X, int64_t ld, const T*
 // (D3 + 2 FMAs per row and channel group, where the two kernels take 2 D3 + 1).
 template <typename T, int D3>
 void vjp_x1_w(int32_t d1, int64_t mul, const T* A, const T* g, int64_t g_ld, const T* w, T* gX,
-              const T* X, int64_t ld, T* gw, bool accumulate) {
+              const T* X, int64_t ld, T* gw, bool accumulate, bool stream) {
   constexpr int N = Tile<T>::N;
   for (int64_t u0 = 0; u0 < mul; u0 += N) {
     Reg<T> gk[D3];
@@ -200,7 +211,7 @@ void vjp_x1_w(int32_t d1, int64_t mul, const T* A, const T* g, int64_t g_ld, con
       Tile<T>::store_full(gx, Tile<T>::fma(wu, t, Tile<T>::load_full(gx)));
       acc = Tile<T>::fma(Tile<T>::load_full(X + i * ld + u0), t, acc);
     }
-    Tile<T>::store_full(gw + u0, acc);
+    put<T>(gw + u0, acc, stream);
   }
 }
 
@@ -362,10 +373,10 @@ template <typename T, int D3>
 void vjp_x2(int32_t d1, int64_t mul, const T* X, int64_t ld, const T* g, int64_t g_ld, const T* w, T* G, T* S);
 template <typename T, int D3>
 void vjp_w(int32_t d1, int64_t mul, const T* A, const T* X, int64_t ld, const T* g, int64_t g_ld,
-           T* gw, bool accumulate);
+           T* gw, bool accumulate, bool stream);
 template <typename T, int D3>
 void vjp_x1_w(int32_t d1, int64_t mul, const T* A, const T* g, int64_t g_ld, const T* w, T* gX,
-              const T* X, int64_t ld, T* gw, bool accumulate);
+              const T* X, int64_t ld, T* gw, bool accumulate, bool stream);
 template <typename T>
 void block_to_lanes(int32_t d, const T* const* X, int64_t ld, int64_t count, T* XT);
 template <typename T, int D3>

@@ -1036,9 +1036,8 @@ void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, WeightStore store, 
       if (!p.has_weight) return;  // vjp_w's programs keep weighted paths only
       const auto [g, g_ld] = direct_g(prog, io, b, e);
       direct::vjp_w<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, x1_channel_major(prog, io, s.x1c, e) + xb.slot,
-                                            xb.ld, g, g_ld, weight_target(p, io, store, s, e),
-                                            store == WeightStore::kAdd);
-      finish_weights(p, io, store, s, e);
+                                            xb.ld, g, g_ld, io.out[e] + p.weight_offset, store == WeightStore::kAdd,
+                                            store == WeightStore::kStream);
     });
     if (!done) vjp_w_block(prog, io, store, s, b);
   }
@@ -1063,8 +1062,8 @@ void vjp_x1_w_tile(const Program<T>& prog, const TileIO<T>& io_x1, const TileIO<
       direct::vjp_x1_w<T, decltype(d3)::value>(p.d1, p.mul1, s.A + e, g, g_ld, path_weights(p, io_w, e),
                                                s.gx1c + e * prog.x1_scratch + xb.slot,
                                                x1_channel_major(prog, io_w, s.x1c, e) + xb.slot, xb.ld,
-                                               weight_target(p, io_w, store, s, e), store == WeightStore::kAdd);
-      finish_weights(p, io_w, store, s, e);
+                                               io_w.out[e] + p.weight_offset, store == WeightStore::kAdd,
+                                               store == WeightStore::kStream);
     });
     if (done) continue;
     vjp_x1_block(prog, io_x1, s, b);
