@@ -56,6 +56,14 @@ struct Program {
   // lanes, then one channel group of a block's g)
   std::vector<uint8_t> x1_in_lanes;
   int64_t across_scratch = 0;
+  // Each path's CG non-zeros by x2 component (unproject_path): x2_terms[x2_term_begin[n] ..
+  // x2_term_begin[n + 1]) for path n, sorted by j.
+  struct X2Term {
+    int32_t j, entry;  // x2 component; (i, k) as i * d3 + k
+    T value;
+  };
+  std::vector<X2Term> x2_terms;
+  std::vector<size_t> x2_term_begin;
 };
 
 // Whether vjp_x2 takes output block b for the tile's elements at once (direct::vjp_x2_across): a
@@ -235,6 +243,16 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
     if (path.mode == tp::kUVW) {
       prog.z_size = std::max<int64_t>(prog.z_size, int64_t(path.mul2) * path.d3 * round_up(path.mul1, lanes));
     }
+  }
+  prog.x2_term_begin.push_back(0);
+  for (const tp::Path<T>& p : prog.paths) {
+    const size_t first = prog.x2_terms.size();
+    for (int32_t q = 0; q < p.num_pairs; ++q)
+      for (int32_t nz = p.pairs[q].begin; nz < p.pairs[q].end; ++nz)
+        prog.x2_terms.push_back({p.cg_j[nz], p.pairs[q].i * p.d3 + p.pairs[q].k, p.cg_value[nz]});
+    std::stable_sort(prog.x2_terms.begin() + first, prog.x2_terms.end(),
+                     [](const auto& a, const auto& b) { return a.j < b.j; });
+    prog.x2_term_begin.push_back(prog.x2_terms.size());
   }
   for (size_t b = 0; b + 1 < prog.group_begin.size(); ++b) {
     const tp::Path<T>& p = prog.paths[prog.group_begin[b]];
@@ -734,6 +752,29 @@ void project_group(const Program<T>& prog, size_t b, const T* x2t, T* A) {
   }
 }
 
+// gx2t[j] += coefficient * sum_{i, k} C[i, j, k] S[(i * d3 + k) * TE] for path n (tp::unproject_x2),
+// each component's sum in a register: the portable loop adds every non-zero into gx2t in memory, a
+// store-to-load chain through each component's row.
+template <typename T>
+void unproject_path(const Program<T>& prog, int32_t n, const T* S, T* gx2t) {
+  const tp::Path<T>& p = prog.paths[n];
+#if defined(__AVX512F__)
+  using Tile = typename detail::TileOf<T>::type;
+  constexpr int TE = kLanes<T>;
+  const size_t end = prog.x2_term_begin[n + 1];
+  for (size_t t = prog.x2_term_begin[n]; t < end;) {
+    const int32_t j = prog.x2_terms[t].j;
+    typename Tile::Reg acc = Tile::zero();
+    for (; t < end && prog.x2_terms[t].j == j; ++t)
+      acc = Tile::fma(Tile::set1(prog.x2_terms[t].value), Tile::load_full(S + prog.x2_terms[t].entry * TE), acc);
+    T* g = gx2t + j * TE;
+    Tile::store_full(g, Tile::fma(Tile::set1(p.coefficient), acc, Tile::load_full(g)));
+  }
+#else
+  tp::unproject_x2<T, kLanes<T>>(p, S, gx2t);
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // One tile of each kernel
 // ---------------------------------------------------------------------------------------------
@@ -942,7 +983,7 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
           direct::vjp_x2_across<T, decltype(d3)::value>(first.d1, first.mul1, s.across + xb.slot * TE, G, g_ld, W,
                                                         io.count, s.across + prog.x1_scratch * TE, s.A);
         });
-        tp::unproject_x2<T, TE>(first, s.A, s.gx2t + first.offset2 * TE);
+        unproject_path(prog, prog.group_begin[b], s.A, s.gx2t + first.offset2 * TE);
         continue;
       }
     }
@@ -952,7 +993,7 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
                                              g_ld, path_weights(p, io, e), s.staged_g, s.A + e);
     });
     if (done) {
-      tp::unproject_x2<T, TE>(first, s.A, s.gx2t + first.offset2 * TE);
+      unproject_path(prog, prog.group_begin[b], s.A, s.gx2t + first.offset2 * TE);
       continue;
     }
     for (int64_t e = 0; e < io.count; ++e) {
@@ -975,7 +1016,7 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
     for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
       const tp::Path<T>& p = prog.paths[n];
       for (int64_t v = 0; v < p.mul2; ++v, S += int64_t(p.d1) * p.d3 * TE)
-        tp::unproject_x2<T, TE>(p, S, s.gx2t + (p.offset2 + v * p.d2) * TE);
+        unproject_path(prog, n, S, s.gx2t + (p.offset2 + v * p.d2) * TE);
     }
   }
   for (int64_t e = 0; e < io.count; ++e)
