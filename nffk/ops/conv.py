@@ -250,8 +250,9 @@ def _(x, sh, g, senders, receivers, receiver_ptr, sender_order, sender_ptr, plan
 
 
 def _save(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:8])
-    ctx.plan_id, ctx.backend, ctx.flag = inputs[8], inputs[9], inputs[10]
+    # Every op's inputs end with (plan_id, backend, flag); the tensors before them are saved.
+    ctx.save_for_backward(*inputs[:-3])
+    ctx.plan_id, ctx.backend, ctx.flag = inputs[-3:]
 
 
 C, CX, CS, CW, CXW = (torch.ops.nffk.conv_forward, torch.ops.nffk.conv_vjp_x, torch.ops.nffk.conv_vjp_sh,
@@ -305,11 +306,6 @@ def _backward_vjp_w(ctx, h):
             C(x, sh, h, *graph, p, b, True) if need[2] else None) + _NONE_FOR_GRAPH_AND_FLAGS
 
 
-def _save_x_w(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:9])
-    ctx.plan_id, ctx.backend, ctx.flag = inputs[9], inputs[10], inputs[11]
-
-
 def _backward_vjp_x_w(ctx, hx, hw):
     # The two ops' backward formulas (_backward_vjp_x with hx, _backward_vjp_w with hw), summed
     # where both reach an input (sh, g).
@@ -331,7 +327,7 @@ def _backward_vjp_x_w(ctx, hx, hw):
 
 
 _conv_forward.register_autograd(_backward_forward, setup_context=_save)
-_conv_vjp_x_w.register_autograd(_backward_vjp_x_w, setup_context=_save_x_w)
+_conv_vjp_x_w.register_autograd(_backward_vjp_x_w, setup_context=_save)
 _conv_vjp_x.register_autograd(_backward_vjp_x, setup_context=_save)
 _conv_vjp_sh.register_autograd(_backward_vjp_sh, setup_context=_save)
 _conv_vjp_w.register_autograd(_backward_vjp_w, setup_context=_save)
