@@ -44,6 +44,10 @@ class Built:
 class Implementation:
     name: str  # "nffk", "nffk[reference]", "e3nn", "cuequivariance", ...
     build: Callable[[], Built]  # may raise PeerMissing
+    # Not an implementation but a part of the pass that every implementation's time includes (the
+    # tensor products' loss ops on the output): timed alongside them, and a peer's time / this one
+    # is the largest ratio against that peer any implementation could reach here.
+    bound: bool = False
 
 
 @dataclass

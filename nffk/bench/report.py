@@ -52,7 +52,27 @@ def footnotes(report: dict, include_sweeps: bool = False) -> list:
             if r["note"] not in texts:
                 texts.append(r["note"])
     return ([f"{name}: {text}" for name, text in configs.items() if text] +
-            [f"{impl}: {'; '.join(texts)}" for impl, texts in notes.items()])
+            [f"{impl}: {'; '.join(texts)}" for impl, texts in notes.items()] + bounds(report, include_sweeps))
+
+
+def bounds(report: dict, include_sweeps: bool = False) -> list:
+    """For each bound record (a part every implementation's time includes, e.g. the tensor
+    product's loss ops): the largest ratio against each peer that any implementation could reach."""
+    def case_of(r):
+        return r["op"], r["config"], r["pass"], r["size"], r.get("family")
+
+    ok = [r for r in report["records"] if r["status"] == "ok" and (include_sweeps or not r.get("family"))]
+    lines = []
+    for b in (r for r in ok if r.get("bound")):
+        peers = [r for r in ok if case_of(r) == case_of(b) and not r.get("bound") and not r["impl"].startswith("nffk")]
+        ours = next((r for r in ok if case_of(r) == case_of(b) and r["impl"] == "nffk"), None)
+        if not peers or ours is None:
+            continue
+        limits = ", ".join(f"{r['median_s'] / b['median_s']:.3g}x {r['impl']}" for r in peers)
+        lines.append(f"{b['op']} {b['config']} {b['pass']} {b['size_name']}={b['size']}: {b['impl']} alone take "
+                     f"{_ms(b['median_s'])} ms of nffk's {_ms(ours['median_s'])}, so no implementation can be faster "
+                     f"than each peer here by more than {limits}")
+    return lines
 
 
 def header(report: dict) -> list:

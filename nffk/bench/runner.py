@@ -65,6 +65,8 @@ def run_case(case, effort: dict) -> list:
     records, built = {}, {}
     for impl in case.implementations:
         record = dict(base, impl=impl.name, status="ok", note="", check="ref" if impl.name == NFFK else "n/a")
+        if impl.bound:  # the op's bytes and FLOPs are not this part's
+            record.update(bound=True, flops=None, bytes=None)
         started = time.perf_counter()
         try:
             with warnings.catch_warnings(), time_limit(effort.get("build_timeout", 0)):

@@ -152,6 +152,32 @@ def test_ratios_are_taken_within_each_case():
     assert records[0]["gflops_per_s"] is None
 
 
+def test_the_loss_ops_of_loss_based_passes_are_timed_as_a_bound(quick_report):
+    """torch's ops on the output (`out.pow(2).sum()` and its derivatives) are part of every
+    implementation's loss-based pass: timed alongside them, without bytes or a floor of their own,
+    and the report turns them into the largest ratio any implementation could reach."""
+    bound = [r for r in quick_report["records"] if r.get("bound")]
+    assert {(r["op"], r["pass"]) for r in bound} == {("tp", "forward+backward"), ("tp", "double backward")}
+    for r in bound:
+        assert r["status"] == "ok" and r["bytes"] is None and r["floor_fraction"] is None
+        assert 0 < r["median_s"] and r["ratio_vs_nffk"] < 1  # a part of nffk's pass
+    assert len(report.bounds(quick_report)) == len(bound)
+
+
+def test_bounds_divide_each_peer_by_the_bound_within_its_case():
+    def record(impl, seconds, family=None, **extra):
+        return dict(op="tp", config="c", size=10, size_name="batch", family=family, impl=impl, status="ok",
+                    median_s=seconds, **{"pass": "forward+backward"}, **extra)
+    records = [record("nffk", 2.0), record("e3nn", 30.0), record("cuequivariance", 10.0),
+               record("torch loss ops", 3.0, bound=True),
+               record("nffk", 1.0, "batch"), record("e3nn", 5.0, "batch"), record("torch loss ops", 0.5, "batch", bound=True)]
+    (line,) = report.bounds({"records": records})
+    assert "torch loss ops alone take 3000 ms of nffk's 2000" in line
+    assert line.endswith("by more than 10x e3nn, 3.33x cuequivariance")
+    lines = report.bounds({"records": records}, include_sweeps=True)
+    assert len(lines) == 2 and lines[1].endswith("by more than 10x e3nn")
+
+
 def test_unknown_config_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown config"):
         registry.collect(["tp"], ["no-such-config"], "quick")

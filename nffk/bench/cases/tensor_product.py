@@ -9,7 +9,8 @@ forward+backward is 3 of them, double backward 6, its given-gradient form 3.
 
 forward+backward and double backward put a loss on the output (`out.pow(2).sum()`), whose torch
 ops cost the same whoever computed `out` (for high-order at E = 200: ~15 ms, half of nffk's three
-kernels, and more where glibc gives its temporaries fresh pages); "backward, dL/dout given"
+kernels, and more where glibc gives its temporaries fresh pages; timed alone as the `torch loss
+ops` bound of those two passes); "backward, dL/dout given"
 runs the same three kernels from a given output gradient, as operator benchmarks do, so its ratios
 are the operators'; "double backward, dE/dout given" does the same for the force pattern."""
 from __future__ import annotations
@@ -201,6 +202,29 @@ def double_backward_given(module):
     return run
 
 
+def loss_ops_alone(pass_name: str, dim_out: int):
+    """torch's ops of a loss-based pass on an output-sized tensor, without a tensor product: the
+    loss `out.pow(2).sum()` and its backward, and for the double backward its derivative with
+    create_graph and that derivative's backward (given the gradient a tensor product's double
+    backward would hand it: fixed random numbers). Every implementation's time for the pass
+    includes these passes over the output."""
+    held = []
+
+    def run(x1, x2, w):
+        if not held or held[0].shape[0] != x1.shape[0]:
+            seed = torch.Generator(device=x1.device).manual_seed(0)
+            held[:] = [torch.randn(x1.shape[0], dim_out, generator=seed, device=x1.device, dtype=x1.dtype)
+                       for _ in range(2)]
+        out = held[0].detach().requires_grad_()
+        if pass_name == "forward+backward":
+            out.pow(2).sum().backward()
+        else:
+            (dloss_dout,) = torch.autograd.grad(out.pow(2).sum(), out, create_graph=True)
+            dloss_dout.backward(held[1])
+    return run
+
+
+LOSS_OPS = "torch loss ops"  # the bound every loss-based pass includes (loss_ops_alone)
 PASSES = {"forward": forward, "forward+backward": forward_backward, "backward, dL/dout given": backward_given,
           "double backward": double_backward, "double backward, dE/dout given": double_backward_given}
 
@@ -258,6 +282,10 @@ def _implementations(name: str, pass_name: str, device, dtype, reference: bool) 
     impls += [Implementation("e3nn", e3nn_built), Implementation("cuequivariance", cue_built)]
     if device.type == "cuda":
         impls.append(Implementation("openequivariance", oeq_built))
+    if pass_name in ("forward+backward", "double backward"):
+        impls.append(Implementation(LOSS_OPS, lambda: Built(loss_ops_alone(pass_name, base().plan.dim_out),
+                                                            note="out.pow(2).sum() and its derivatives alone"),
+                                    bound=True))
     return impls
 
 
