@@ -50,6 +50,12 @@ class Implementation:
     bound: bool = False
 
 
+def case_key(record: dict) -> tuple:
+    """The case a record belongs to. A sweep may repeat a main case's config and size: it is timed
+    (and compared) separately."""
+    return record["op"], record["config"], record["pass"], record["size"], record.get("family")
+
+
 @dataclass
 class Case:
     op: str

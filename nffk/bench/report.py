@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import math
 
+from nffk.bench.registry import case_key
+
 COLUMNS = ("config", "pass", "size", "implementation", "median ms", "±%", "× nffk", "GB/s", "GFLOP/s",
            "% floor", "check")
 NUMERIC = ("size", "median ms", "±%", "× nffk", "GB/s", "GFLOP/s", "% floor")
@@ -58,14 +60,11 @@ def footnotes(report: dict, include_sweeps: bool = False) -> list:
 def bounds(report: dict, include_sweeps: bool = False) -> list:
     """For each bound record (a part every implementation's time includes, e.g. the tensor
     product's loss ops): the largest ratio against each peer that any implementation could reach."""
-    def case_of(r):
-        return r["op"], r["config"], r["pass"], r["size"], r.get("family")
-
     ok = [r for r in report["records"] if r["status"] == "ok" and (include_sweeps or not r.get("family"))]
     lines = []
     for b in (r for r in ok if r.get("bound")):
-        peers = [r for r in ok if case_of(r) == case_of(b) and not r.get("bound") and not r["impl"].startswith("nffk")]
-        ours = next((r for r in ok if case_of(r) == case_of(b) and r["impl"] == "nffk"), None)
+        peers = [r for r in ok if case_key(r) == case_key(b) and not r.get("bound") and not r["impl"].startswith("nffk")]
+        ours = next((r for r in ok if case_key(r) == case_key(b) and r["impl"] == "nffk"), None)
         if not peers or ours is None:
             continue
         limits = ", ".join(f"{r['median_s'] / b['median_s']:.3g}x {r['impl']}" for r in peers)

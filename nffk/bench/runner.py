@@ -14,7 +14,7 @@ import warnings
 import torch
 
 from nffk.bench.machine import describe_machine, measure_floors, package_versions
-from nffk.bench.registry import PeerMissing, same_result
+from nffk.bench.registry import PeerMissing, case_key, same_result
 from nffk.bench.timing import Rotation, device_cache_bytes, rotation_sets, summarize, time_interleaved
 
 SCHEMA = "nffk-bench/1"
@@ -125,15 +125,12 @@ def run_case(case, effort: dict) -> list:
 
 def derive(records: list, floors: dict) -> None:
     """Ratios against nffk, achieved rates and the fraction of the floor, in place."""
-    def case_of(r):  # a sweep may repeat a main case's config and size: it is timed separately
-        return r["op"], r["config"], r["pass"], r["size"], r.get("family")
-
-    nffk_time = {case_of(r): r["median_s"] for r in records if r["impl"] == NFFK and r["status"] == "ok"}
+    nffk_time = {case_key(r): r["median_s"] for r in records if r["impl"] == NFFK and r["status"] == "ok"}
     for r in records:
         if r["status"] != "ok":
             continue
         t = r["median_s"]
-        ours = nffk_time.get(case_of(r))
+        ours = nffk_time.get(case_key(r))
         r["ratio_vs_nffk"] = t / ours if ours else None
         r["gbytes_per_s"] = r["bytes"] / t / 1e9 if r["bytes"] else None
         r["gflops_per_s"] = r["flops"] / t / 1e9 if r["flops"] else None

@@ -316,13 +316,13 @@ def _backward_vjp_x_w(ctx, hx, hw):
     def total(*terms):
         terms = [t for t in terms if t is not None]
         return sum(terms[1:], terms[0]) if terms else None
-    hx_terms, hw_terms = hx is not None, hw is not None
+    has_hx, has_hw = hx is not None, hw is not None
     # CX(g, sh, hw) and CW(hx, sh, g): the one pass again (hw covers the weighted paths only)
-    gx, gw = _x_and_w(hx, sh, hw, g, graph, p, b, True, (need[0] and hw_terms, need[2] and hx_terms))
-    gsh = total(CS(hx, g, w, *graph, p, b, only) if need[1] and hx_terms else None,
-                CS(x, g, hw, *graph, p, b, True) if need[1] and hw_terms else None)
-    gg = total(C(hx, sh, w, *graph, p, b, only) if need[3] and hx_terms else None,
-               C(x, sh, hw, *graph, p, b, True) if need[3] and hw_terms else None)
+    gx, gw = _x_and_w(hx, sh, hw, g, graph, p, b, True, (need[0] and has_hw, need[2] and has_hx))
+    gsh = total(CS(hx, g, w, *graph, p, b, only) if need[1] and has_hx else None,
+                CS(x, g, hw, *graph, p, b, True) if need[1] and has_hw else None)
+    gg = total(C(hx, sh, w, *graph, p, b, only) if need[3] and has_hx else None,
+               C(x, sh, hw, *graph, p, b, True) if need[3] and has_hw else None)
     return (gx, gsh, gw, gg) + _NONE_FOR_GRAPH_AND_FLAGS
 
 

@@ -167,12 +167,18 @@ def backward_given(module):
     return run
 
 
+def _fixed_randn(shape, like, slot: list):
+    """Fixed random numbers of `shape` (like's device and dtype), drawn once into the one-slot list
+    `slot` and reused while the shape stays."""
+    if not slot or slot[0].shape != torch.Size(shape):
+        seed = torch.Generator(device=like.device).manual_seed(0)
+        slot[:] = [torch.randn(shape, generator=seed, device=like.device, dtype=like.dtype)]
+    return slot[0]
+
+
 def _given_like(out, given: list):
     """The fixed random output gradient of `out`'s shape, drawn once into the one-slot list `given`."""
-    if not given or given[0].shape != out.shape:
-        seed = torch.Generator(device=out.device).manual_seed(0)
-        given[:] = [torch.randn(out.shape, generator=seed, device=out.device, dtype=out.dtype)]
-    return given[0]
+    return _fixed_randn(out.shape, out, given)
 
 
 def double_backward(module):
@@ -208,19 +214,16 @@ def loss_ops_alone(pass_name: str, dim_out: int):
     create_graph and that derivative's backward (given the gradient a tensor product's double
     backward would hand it: fixed random numbers). Every implementation's time for the pass
     includes these passes over the output."""
-    held = []
+    out_slot, given = [], []
 
     def run(x1, x2, w):
-        if not held or held[0].shape[0] != x1.shape[0]:
-            seed = torch.Generator(device=x1.device).manual_seed(0)
-            held[:] = [torch.randn(x1.shape[0], dim_out, generator=seed, device=x1.device, dtype=x1.dtype)
-                       for _ in range(2)]
-        out = held[0].detach().requires_grad_()
+        shape = (x1.shape[0], dim_out)
+        out = _fixed_randn(shape, x1, out_slot).detach().requires_grad_()
         if pass_name == "forward+backward":
             out.pow(2).sum().backward()
         else:
             (dloss_dout,) = torch.autograd.grad(out.pow(2).sum(), out, create_graph=True)
-            dloss_dout.backward(held[1])
+            dloss_dout.backward(_fixed_randn(shape, x1, given))
     return run
 
 
