@@ -9,6 +9,7 @@ gradient, simple and deterministic.
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -75,7 +76,16 @@ def init_distributed(device: torch.device) -> Distributed:
         return Distributed()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # The group we made is torn down before the interpreter exits: left to process teardown,
+        # gloo's threads were sometimes destroyed while joinable, and a finished run's process
+        # aborted ("terminate called without an active exception", exit code -6).
+        atexit.register(_destroy_group)
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard(indices, rank: int, world_size: int):
