@@ -64,6 +64,11 @@ struct Program {
   };
   std::vector<X2Term> x2_terms;
   std::vector<size_t> x2_term_begin;
+  // Every path uvw: the forward runs a tile element by element, each element's paths in the order
+  // of their weights (forward_by_element), so its weights are read front to back.
+  bool by_element = false;
+  std::vector<int32_t> weight_order, path_block;  // paths by weight offset; output block of each path
+  std::vector<int64_t> a_offset;                   // each path's projections in a tile of all paths
 };
 
 // Whether vjp_x2 takes output block b for the tile's elements at once (direct::vjp_x2_across): a
@@ -273,6 +278,25 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
       size += int64_t(prog.paths[n].mul2) * prog.paths[n].d1 * prog.paths[n].d3;
     prog.tile_a_size = std::max(prog.tile_a_size, size);
   }
+  prog.by_element = !prog.paths.empty() && std::all_of(prog.paths.begin(), prog.paths.end(), [](const tp::Path<T>& p) {
+    return p.mode == tp::kUVW;
+  });
+  if (prog.by_element) {
+    int64_t a = 0;
+    for (size_t b = 0; b + 1 < prog.group_begin.size(); ++b)
+      for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n) {
+        prog.path_block.push_back(static_cast<int32_t>(b));
+        prog.a_offset.push_back(a);
+        a += int64_t(prog.paths[n].mul2) * prog.paths[n].d1 * prog.paths[n].d3;
+      }
+    prog.tile_a_size = std::max(prog.tile_a_size, a);
+    prog.out_scratch = std::max(prog.out_scratch, prog.out_row_size);
+    prog.weight_order.resize(prog.paths.size());
+    std::iota(prog.weight_order.begin(), prog.weight_order.end(), 0);
+    std::stable_sort(prog.weight_order.begin(), prog.weight_order.end(), [&](int32_t a, int32_t b) {
+      return prog.paths[a].weight_offset < prog.paths[b].weight_offset;
+    });
+  }
   return prog;
 }
 
@@ -399,6 +423,43 @@ const T* uvu_weights(const tp::Path<T>& p, const T* w, int64_t v, int64_t ld, T*
   return buffer;
 }
 
+// One cache line asked for, for reading or for writing. As asm volatile: GCC takes a loop of
+// __builtin_prefetch for one without side effects and, once it is inlined, may delete it. It did:
+// in one build the whole next-tile sweep was gone and every kernel was 1.3-1.5x slower.
+inline void prefetch_line(const char* p) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht0 %0" : : "m"(*p));
+#else
+  __builtin_prefetch(p);
+  asm volatile("" : : "r"(p));
+#endif
+}
+
+inline void prefetch_line_for_write(char* p) {
+#if defined(__PRFCHW__)
+  asm volatile("prefetchw %0" : : "m"(*p));
+#else
+  prefetch_line(p);
+#endif
+}
+
+// Asks for [row, row + bytes) to be brought into the cache ahead of use.
+inline void prefetch_bytes(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t at = 0; at < bytes; at += 64) prefetch_line(p + at);
+}
+
+// The same, for memory about to be written (no need to share the lines with other cores).
+inline void prefetch_bytes_for_write(void* row, int64_t bytes) {
+  char* p = static_cast<char*>(row);
+  for (int64_t at = 0; at < bytes; at += 64) prefetch_line_for_write(p + at);
+}
+
+// How far ahead of the weights it multiplies a uvw kernel asks for them (bytes): paced with the
+// compute, one line asked for per line used (a C loop reading 28.5 KB per element front to back
+// from memory with 4 FMAs per line: 0.79 us per element, 0.90 with the hardware prefetcher alone).
+constexpr int64_t kWeightsAhead = 4096;
+
 template <typename T>
 void fill_gaps(const std::vector<std::pair<int64_t, int64_t>>& ranges, T* row) {
   for (const auto& [begin, end] : ranges) std::fill(row + begin, row + end, T(0));
@@ -422,6 +483,7 @@ void uvw_forward_block(const tp::Path<T>& p, const T* z, int64_t ld1, const T* W
   for (int64_t u = 0; u < p.mul1; ++u)
     for (int64_t v = 0; v < V; ++v) {
       const T* wr = W + (u * V + v) * Wo + w0;
+      for (int c = 0; c < NC; ++c) prefetch_line(reinterpret_cast<const char*>(wr + c * N) + kWeightsAhead);
       typename Tile::Reg wv[NC];
       for (int c = 0; c + 1 < NC; ++c) wv[c] = Tile::load_full(wr + c * N);
       wv[NC - 1] = Tile::load(wr + (NC - 1) * N, last);
@@ -570,6 +632,8 @@ void contract_weights_transposed(const tp::Path<T>& p, const T* W, const T* g, i
       for (int64_t w0 = 0; w0 < Wo; w0 += N) {
         const int cols = static_cast<int>(std::min<int64_t>(N, Wo - w0));
         typename Tile::Reg r[N];
+        for (int u = 0; u < rows; ++u)
+          prefetch_line(reinterpret_cast<const char*>(W + ((u0 + u) * V + v) * Wo + w0) + kWeightsAhead);
         for (int u = 0; u < N; ++u) r[u] = u < rows ? Tile::load(W + ((u0 + u) * V + v) * Wo + w0, cols) : Tile::zero();
         Tile::transpose(r);  // r[w] = W[u0 .. u0 + N][v][w0 + w]
         for (int w = 0; w < cols; ++w)
@@ -608,38 +672,6 @@ void contract_weights(const tp::Path<T>& p, const T* W, const T* g, int64_t ld3,
       }
       std::fill(hk + p.mul1, hk + ld1, T(0));
     }
-}
-
-// One cache line asked for, for reading or for writing. As asm volatile: GCC takes a loop of
-// __builtin_prefetch for one without side effects and, once it is inlined, may delete it. It did:
-// in one build the whole next-tile sweep was gone and every kernel was 1.3-1.5x slower.
-inline void prefetch_line(const char* p) {
-#if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht0 %0" : : "m"(*p));
-#else
-  __builtin_prefetch(p);
-  asm volatile("" : : "r"(p));
-#endif
-}
-
-inline void prefetch_line_for_write(char* p) {
-#if defined(__PRFCHW__)
-  asm volatile("prefetchw %0" : : "m"(*p));
-#else
-  prefetch_line(p);
-#endif
-}
-
-// Asks for [row, row + bytes) to be brought into the cache ahead of use.
-inline void prefetch_bytes(const void* row, int64_t bytes) {
-  const char* p = static_cast<const char*>(row);
-  for (int64_t at = 0; at < bytes; at += 64) prefetch_line(p + at);
-}
-
-// The same, for memory about to be written (no need to share the lines with other cores).
-inline void prefetch_bytes_for_write(void* row, int64_t bytes) {
-  char* p = static_cast<char*>(row);
-  for (int64_t at = 0; at < bytes; at += 64) prefetch_line_for_write(p + at);
 }
 
 // Rows of one operand: row(e) = base + (index ? index[e] : e) * stride. A null base means the
@@ -841,11 +873,132 @@ const T* path_weights(const tp::Path<T>& p, const TileIO<T>& io, int64_t e) {
   return p.has_weight ? io.w[e] + p.weight_offset : nullptr;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Programs whose paths are all uvw (Program::by_element): a tile's projections for every path at
+// once, then element by element, each element's paths in the order of their weights. Its weights
+// (fully-connected: 28.5 KB per element) and their gradients are then read and written front to
+// back, one stream the kernels ask for ahead of use (kWeightsAhead), where the block-by-block
+// order reads a few hundred bytes of each of 16 rows in turn (bench/NOTES.md, version 14).
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void project_all(const Program<T>& prog, const T* x2t, T* A) {
+  for (size_t b = 0; b < prog.out_blocks.size(); ++b)
+    project_group(prog, b, x2t, A + prog.a_offset[prog.group_begin[b]] * kLanes<T>);
+}
+
+// Element e's projections of path n, x2 channel 0 (the next channel's follow at + d1 * d3 * TE).
+template <typename T>
+const T* path_projections(const Program<T>& prog, const T* A, int32_t n, int64_t e) {
+  return A + prog.a_offset[n] * kLanes<T> + e;
+}
+
+// Element e's g, every output block channel-major at its slot (out_row_size numbers).
+template <typename T>
+void g_row_channel_major(const Program<T>& prog, const TileIO<T>& io, int64_t e, T* gc) {
+  if (io.g_channel_major) {
+    std::copy(io.g[e], io.g[e] + prog.out_row_size, gc);
+    return;
+  }
+  row_to_channel_major(prog.out_blocks, io.g[e], gc);
+}
+
+// z[v] = A^T x1 for each x2 channel v of a uvw path (the product before its weights).
+template <typename T>
+void uvw_inputs(const tp::Path<T>& p, const T* A, const T* xc, int64_t ld, T* z) {
+  constexpr int TE = kLanes<T>;
+  for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE, z += p.d3 * ld) {
+    std::fill(z, z + p.d3 * ld, T(0));
+    gemm(p.d3, p.d1, A, TE, int64_t(p.d3) * TE, xc, z, ld);
+  }
+}
+
+template <typename T>
+void forward_by_element(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
+  project_all(prog, s.x2t, s.A);
+  for (int64_t e = 0; e < io.count; ++e) {
+    T* row = s.outc;
+    std::fill(row, row + prog.out_row_size, T(0));
+    const T* x1e = x1_channel_major(prog, io, s.x1c, e);
+    for (int32_t n : prog.weight_order) {
+      const tp::Path<T>& p = prog.paths[n];
+      const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+      const Block& ob = prog.out_blocks[prog.path_block[n]];
+      uvw_inputs(p, path_projections(prog, s.A, n, e), x1e + xb.slot, xb.ld, s.z);
+      uvw_forward(p, s.z, xb.ld, io.w[e] + p.weight_offset, row + ob.slot, ob.ld);
+    }
+    for (const Block& ob : prog.out_blocks) from_channel_major(row + ob.slot, ob.ld, ob.mul, ob.d, io.out[e] + ob.offset);
+  }
+}
+
+// How vjp_w_tile writes element e's weight gradient into io.out[e]: plain stores, added to what
+// is there (shared weights: one row for many elements), or staged per path and streamed out
+// (per-element gradients larger than the caches; see streaming.h).
+enum class WeightStore { kWrite, kAdd, kStream };
+
+// Where element e's gradient of path p goes first (staged in L1 when streamed), and the copy that
+// finishes it.
+template <typename T>
+T* weight_target(const tp::Path<T>& p, const TileIO<T>& io, WeightStore store, TPScratch<T>& s, int64_t e) {
+  return store == WeightStore::kStream ? s.stage : io.out[e] + p.weight_offset;
+}
+
+template <typename T>
+void finish_weights(const tp::Path<T>& p, const TileIO<T>& io, WeightStore store, const TPScratch<T>& s, int64_t e) {
+  if (store == WeightStore::kStream) copy_out(s.stage, path_weight_count(p), io.out[e] + p.weight_offset, true);
+}
+
+// Before a tile's weight gradients: the gaps of each row that no path writes.
+template <typename T>
+void start_weights(const Program<T>& prog, const TileIO<T>& io, WeightStore store) {
+  if (store != WeightStore::kAdd)
+    for (int64_t e = 0; e < io.count; ++e) fill_gaps(prog.weight_gaps, io.out[e]);
+}
+
+// gW = (A^T x1) g^T for path n of element e (by-element programs; s.gc holds e's g row).
+template <typename T>
+void uvw_weight_gradient(const Program<T>& prog, const TileIO<T>& io, WeightStore store, TPScratch<T>& s, int32_t n,
+                         int64_t e) {
+  const tp::Path<T>& p = prog.paths[n];
+  const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+  const Block& ob = prog.out_blocks[prog.path_block[n]];
+  uvw_inputs(p, path_projections(prog, s.A, n, e), x1_channel_major(prog, io, s.x1c, e) + xb.slot, xb.ld, s.z);
+  uvw_weight_grad(p, s.z, xb.ld, s.gc + ob.slot, ob.ld, weight_target(p, io, store, s, e), store == WeightStore::kAdd);
+  finish_weights(p, io, store, s, e);
+}
+
+// vjp_x1_tile, vjp_w_tile or both (vjp_x1_w_tile) of a by-element program: x2 loaded, x1 too
+// for the weights' gradient, gx1c zeroed for x1's.
+template <typename T>
+void vjp_by_element(const Program<T>& prog, const TileIO<T>& io, WeightStore store, TPScratch<T>& s, bool with_x1,
+                    bool with_w) {
+  constexpr int TE = kLanes<T>;
+  project_all(prog, s.x2t, s.A);
+  for (int64_t e = 0; e < io.count; ++e) {
+    g_row_channel_major(prog, io, e, s.gc);
+    for (int32_t n : prog.weight_order) {
+      const tp::Path<T>& p = prog.paths[n];
+      if (with_x1) {  // gx1 += A (W^T g)
+        const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+        const Block& ob = prog.out_blocks[prog.path_block[n]];
+        contract_weights(p, io.w[e] + p.weight_offset, s.gc + ob.slot, ob.ld, s.z, xb.ld);
+        const T* A = path_projections(prog, s.A, n, e);
+        for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE)
+          gemm(p.d1, p.d3, A, int64_t(p.d3) * TE, TE, s.z + v * p.d3 * xb.ld, s.gx1c + e * prog.x1_scratch + xb.slot,
+               xb.ld);
+      }
+      if (with_w) uvw_weight_gradient(prog, io, store, s, n, e);
+    }
+  }
+}
+
 template <typename T, typename Sink>
 void forward_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s, Sink& sink) {
   constexpr int TE = kLanes<T>;
   load_x1(prog, io, s.x1c);
   load_x2(io, s.x2t);
+  if constexpr (std::is_same_v<Sink, StoreRows<T>>) {
+    if (prog.by_element) return forward_by_element(prog, io, s);
+  }
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     const Block& ob = prog.out_blocks[b];
     project_group(prog, b, s.x2t, s.A);
@@ -926,6 +1079,7 @@ void vjp_x1_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
   constexpr int TE = kLanes<T>;
   std::fill(s.gx1c, s.gx1c + io.count * prog.x1_scratch, T(0));
   load_x2(io, s.x2t);
+  if (prog.by_element) return vjp_by_element(prog, io, WeightStore::kWrite, s, true, false);
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     project_group(prog, b, s.x2t, s.A);
     const bool done = run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
@@ -958,11 +1112,44 @@ void x1_to_lanes(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
   }
 }
 
+// vjp_x2_tile of a by-element program: each element's pair sums of every path, then the CG
+// adjoint of all of them for the tile.
+template <typename T>
+void vjp_x2_by_element(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
+  constexpr int TE = kLanes<T>;
+  if (io.count < TE) std::fill(s.A, s.A + prog.tile_a_size * TE, T(0));  // lanes past the tile's end
+  for (int64_t e = 0; e < io.count; ++e) {
+    g_row_channel_major(prog, io, e, s.gc);
+    const T* x1e = x1_channel_major(prog, io, s.x1c, e);
+    for (int32_t n : prog.weight_order) {
+      const tp::Path<T>& p = prog.paths[n];
+      const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+      const Block& ob = prog.out_blocks[prog.path_block[n]];
+      contract_weights(p, io.w[e] + p.weight_offset, s.gc + ob.slot, ob.ld, s.z, xb.ld);
+      T* S = s.A + prog.a_offset[n] * TE + e;
+      for (int64_t v = 0; v < p.mul2; ++v, S += int64_t(p.d1) * p.d3 * TE)
+        grouped_pair_dots(p, x1e + xb.slot, s.z + v * p.d3 * xb.ld, xb.ld, S, TE);
+    }
+  }
+  for (size_t n = 0; n < prog.paths.size(); ++n) {
+    const tp::Path<T>& p = prog.paths[n];
+    const T* S = s.A + prog.a_offset[n] * TE;
+    for (int64_t v = 0; v < p.mul2; ++v, S += int64_t(p.d1) * p.d3 * TE)
+      unproject_path(prog, static_cast<int32_t>(n), S, s.gx2t + (p.offset2 + v * p.d2) * TE);
+  }
+}
+
 template <typename T>
 void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
   constexpr int TE = kLanes<T>;
   load_x1(prog, io, s.x1c);
   std::fill(s.gx2t, s.gx2t + io.dim2 * TE, T(0));
+  if (prog.by_element) {
+    vjp_x2_by_element(prog, io, s);
+    for (int64_t e = 0; e < io.count; ++e)
+      for (int64_t j = 0; j < io.dim2; ++j) io.out[e][j] = s.gx2t[j * TE + e];
+    return;
+  }
   if constexpr (direct::kAvailable) {
     if (prog.across_scratch > 0) x1_to_lanes(prog, io, s);
   }
@@ -1023,30 +1210,6 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
     for (int64_t j = 0; j < io.dim2; ++j) io.out[e][j] = s.gx2t[j * TE + e];
 }
 
-// How vjp_w_tile writes element e's weight gradient into io.out[e]: plain stores, added to what
-// is there (shared weights: one row for many elements), or staged per path and streamed out
-// (per-element gradients larger than the caches; see streaming.h).
-enum class WeightStore { kWrite, kAdd, kStream };
-
-// Where element e's gradient of path p goes first (staged in L1 when streamed), and the copy that
-// finishes it.
-template <typename T>
-T* weight_target(const tp::Path<T>& p, const TileIO<T>& io, WeightStore store, TPScratch<T>& s, int64_t e) {
-  return store == WeightStore::kStream ? s.stage : io.out[e] + p.weight_offset;
-}
-
-template <typename T>
-void finish_weights(const tp::Path<T>& p, const TileIO<T>& io, WeightStore store, const TPScratch<T>& s, int64_t e) {
-  if (store == WeightStore::kStream) copy_out(s.stage, path_weight_count(p), io.out[e] + p.weight_offset, true);
-}
-
-// Before a tile's weight gradients: the gaps of each row that no path writes.
-template <typename T>
-void start_weights(const Program<T>& prog, const TileIO<T>& io, WeightStore store) {
-  if (store != WeightStore::kAdd)
-    for (int64_t e = 0; e < io.count; ++e) fill_gaps(prog.weight_gaps, io.out[e]);
-}
-
 // gw (+)= output block b's part, through the general tiles (its projections in s.A).
 template <typename T>
 void vjp_w_block(const Program<T>& prog, const TileIO<T>& io, WeightStore store, TPScratch<T>& s, size_t b) {
@@ -1092,6 +1255,7 @@ void vjp_w_tile(const Program<T>& prog, const TileIO<T>& io, WeightStore store, 
   load_x1(prog, io, s.x1c);
   load_x2(io, s.x2t);
   start_weights(prog, io, store);
+  if (prog.by_element) return vjp_by_element(prog, io, store, s, false, true);
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     project_group(prog, b, s.x2t, s.A);
     const bool done = run_direct(prog, io, b, true, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
@@ -1117,6 +1281,7 @@ void vjp_x1_w_tile(const Program<T>& prog, const TileIO<T>& io_x1, const TileIO<
   load_x1(prog, io_w, s.x1c);
   load_x2(io_w, s.x2t);
   start_weights(prog, io_w, store);
+  if (prog.by_element) return vjp_by_element(prog, io_w, store, s, true, true);
   for (size_t b = 0; b < prog.out_blocks.size(); ++b) {
     project_group(prog, b, s.x2t, s.A);
     const bool done = run_direct(prog, io_w, b, true, [&](auto d3, const tp::Path<T>& p, const Block& xb, int64_t e) {
@@ -1183,7 +1348,7 @@ TileIO<T> tile_at(const ElementOperands<T>& in, int64_t e0, int64_t count, const
 // one sweep (as many as fit in this machine's 1 MiB L2; measured: forward and vjp kernels 1.2-1.5x
 // faster on nequip, mace-medium and fully-connected at E = 1,000).
 template <typename T>
-int64_t prefetch_next_tile(const ElementOperands<T>& in, int64_t e0, int64_t batch) {
+int64_t prefetch_next_tile(const ElementOperands<T>& in, int64_t e0, int64_t batch, bool weights = true) {
   constexpr int TE = kLanes<T>;
   for (const Rows<const T>* rows : {&in.x1, &in.g}) {
     if (rows->index == nullptr || rows->base == nullptr) continue;
@@ -1193,6 +1358,7 @@ int64_t prefetch_next_tile(const ElementOperands<T>& in, int64_t e0, int64_t bat
   const int64_t next = std::min(e0 + 2 * TE, batch) - e0 - TE;  // elements of the next tile
   int64_t budget = int64_t(1) << 20;
   for (const Rows<const T>* rows : {&in.w, &in.g, &in.x1}) {
+    if (rows == &in.w && !weights) continue;
     if (rows->index != nullptr || rows->base == nullptr || rows->stride == 0 || next <= 0) continue;
     const int64_t bytes = next * rows->stride * int64_t(sizeof(T));
     if (bytes > budget) continue;
@@ -1314,7 +1480,7 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
     if (stream && kernel == Kernel::kVjpX1) x1_row.allocate(dim1);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
-      const int64_t budget = prefetch_next_tile(in, e0, batch);
+      const int64_t budget = prefetch_next_tile(in, e0, batch, !prog.by_element);
       if (!stream) prefetch_next_output(out_rows, e0, batch, budget);
       run_tile(kernel, prog, tile_at(in, e0, count, out_rows, dim1, dim2, dim_out), s, stream, x1_row.data());
     }
@@ -1376,7 +1542,7 @@ void run_backward(const Program<T>& prog, const Program<T>& weight_prog, const E
       const Rows<T> w_rows = shared ? blocks->rows(unit) : gw.defined() ? outputs.back().rows : Rows<T>{};
       for (int64_t t = unit * tiles_per_unit; t < std::min(tiles, (unit + 1) * tiles_per_unit); ++t) {
         const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
-        int64_t budget = prefetch_next_tile(in, e0, batch);
+        int64_t budget = prefetch_next_tile(in, e0, batch, !(prog.by_element && weight_prog.by_element));
         for (const Output& o : outputs)  // without it, two gradients in one pass were slower than two kernels
           if (!o.stream) budget = prefetch_next_output(o.rows, e0, batch, budget);
         for (size_t n = 0; n < outputs.size(); ++n) {

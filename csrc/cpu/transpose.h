@@ -93,13 +93,22 @@ inline void transpose8(__m512d* r) {
   for (int i = 0; i < 8; ++i) r[i] = t[i];
 }
 
+// A loaded vector kept in its register: without this GCC folds the load into each instruction that
+// uses the vector, and repeated loads of a line that misses the caches stall the core's stream of
+// memory reads (measured: a front-to-back read with 4 FMAs per line 1.44 -> 0.79 us per 28.5 KB).
+template <typename R>
+inline R pinned(R r) {
+  asm("" : "+v"(r));
+  return r;
+}
+
 // Register tiles: rows of up to N numbers, masked at the edges of the block.
 struct Float16 {
   using Reg = __m512;
   static constexpr int N = 16;
   static Reg zero() { return _mm512_setzero_ps(); }
-  static Reg load(const float* p, int count) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), p); }
-  static Reg load_full(const float* p) { return _mm512_loadu_ps(p); }
+  static Reg load(const float* p, int count) { return pinned(_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << count) - 1), p)); }
+  static Reg load_full(const float* p) { return pinned(_mm512_loadu_ps(p)); }
   static void store(float* p, Reg v, int count) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << count) - 1), v); }
   static void store_full(float* p, Reg v) { _mm512_storeu_ps(p, v); }
   static void stream_full(float* p, Reg v) { _mm512_stream_ps(p, v); }  // p 64-byte aligned
@@ -134,8 +143,8 @@ struct Double8 {
   using Reg = __m512d;
   static constexpr int N = 8;
   static Reg zero() { return _mm512_setzero_pd(); }
-  static Reg load(const double* p, int count) { return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << count) - 1), p); }
-  static Reg load_full(const double* p) { return _mm512_loadu_pd(p); }
+  static Reg load(const double* p, int count) { return pinned(_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << count) - 1), p)); }
+  static Reg load_full(const double* p) { return pinned(_mm512_loadu_pd(p)); }
   static void store(double* p, Reg v, int count) { _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << count) - 1), v); }
   static void store_full(double* p, Reg v) { _mm512_storeu_pd(p, v); }
   static void stream_full(double* p, Reg v) { _mm512_stream_pd(p, v); }  // p 64-byte aligned

@@ -84,6 +84,19 @@ def test_direct_kernels_match_the_reference(dtype, shared, seeded):
             compare_every_kernel(plan, dtype, shared, batch, seeded, (irreps1, irreps2, irreps_out))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shared", [False, True])
+def test_uvw_only_plans_match_the_reference(dtype, shared, seeded):
+    # Plans whose paths are all uvw run each tile element by element, paths in the order of their
+    # weights (Program::by_element, tp_tiles.h): several x2 channels, outputs summing paths,
+    # unused outputs, tiles cut short.
+    for k in range(8):
+        config = random_tensor_product(seeded, modes=("uvw",), lmax=3, max_mul=33 if k % 2 else 6, max_paths=6)
+        plan = make_plan(config)
+        for batch in (1, 17, 40):
+            compare_every_kernel(plan, dtype, shared, batch, seeded, config)
+
+
 STREAMED_BYTES = 1 << 20  # outputs from this size on are streamed (kStreamTensorProductBytes, tp_tiles.h)
 
 
@@ -99,6 +112,10 @@ def test_streamed_weight_gradients_match_the_reference(dtype, seeded):
     batch = STREAMED_BYTES // (plan.weight_numel * size) + 17
     assert batch * plan.weight_numel * size >= STREAMED_BYTES
     compare_every_kernel(plan, dtype, False, batch, seeded, "streamed")
+    # The uvw paths alone: a program run element by element, its weight gradients streamed too.
+    plan = TensorProductPlan("48x0e+11x1o+16x1e", "2x0e+1e+1o", "48x0e+11x1o", instructions[:4])
+    batch = STREAMED_BYTES // (plan.weight_numel * size) + 17
+    compare_every_kernel(plan, dtype, False, batch, seeded, "streamed uvw")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
