@@ -1,6 +1,7 @@
 // Non-temporal (streaming) stores for outputs larger than the caches: a plain store first reads
 // the line it writes into the cache (read-for-ownership), so writing such an output moves twice
 // its size; whole 64-byte lines written by streaming stores skip that read.
+// And the other side of moving memory: software prefetches of what the kernels will read.
 #pragma once
 #include <cstdint>
 
@@ -48,6 +49,50 @@ inline void stream_fence() {
 #if defined(__AVX512F__)
   _mm_sfence();
 #endif
+}
+
+// One cache line asked for, for reading or for writing. As asm volatile: GCC takes a loop of
+// __builtin_prefetch for one without side effects and, once it is inlined, may delete it. It did:
+// in one build the whole next-tile sweep was gone and every kernel was 1.3-1.5x slower.
+inline void prefetch_line(const char* p) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht0 %0" : : "m"(*p));
+#else
+  __builtin_prefetch(p);
+  asm volatile("" : : "r"(p));
+#endif
+}
+
+inline void prefetch_line_for_write(char* p) {
+#if defined(__PRFCHW__)
+  asm volatile("prefetchw %0" : : "m"(*p));
+#else
+  prefetch_line(p);
+#endif
+}
+
+// Asks for [row, row + bytes) to be brought into the cache ahead of use.
+inline void prefetch_bytes(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t at = 0; at < bytes; at += 64) prefetch_line(p + at);
+}
+
+// The same, for memory about to be written (no need to share the lines with other cores).
+inline void prefetch_bytes_for_write(void* row, int64_t bytes) {
+  char* p = static_cast<char*>(row);
+  for (int64_t at = 0; at < bytes; at += 64) prefetch_line_for_write(p + at);
+}
+
+// How far ahead of what it reads a kernel that streams through rows front to back asks for them
+// (bytes), paced with the compute: one line asked for per line used (a C loop reading 28.5 KB per
+// element from memory with 4 FMAs per line: 0.79 us per element, 0.90 with the hardware prefetcher
+// alone, against a floor of 0.75).
+constexpr int64_t kReadAhead = 4096;
+
+// The line kReadAhead bytes past p.
+template <typename T>
+inline void prefetch_ahead(const T* p) {
+  prefetch_line(reinterpret_cast<const char*>(p) + kReadAhead);
 }
 
 }  // namespace nffk::cpu

@@ -423,43 +423,6 @@ const T* uvu_weights(const tp::Path<T>& p, const T* w, int64_t v, int64_t ld, T*
   return buffer;
 }
 
-// One cache line asked for, for reading or for writing. As asm volatile: GCC takes a loop of
-// __builtin_prefetch for one without side effects and, once it is inlined, may delete it. It did:
-// in one build the whole next-tile sweep was gone and every kernel was 1.3-1.5x slower.
-inline void prefetch_line(const char* p) {
-#if defined(__x86_64__) || defined(__i386__)
-  asm volatile("prefetcht0 %0" : : "m"(*p));
-#else
-  __builtin_prefetch(p);
-  asm volatile("" : : "r"(p));
-#endif
-}
-
-inline void prefetch_line_for_write(char* p) {
-#if defined(__PRFCHW__)
-  asm volatile("prefetchw %0" : : "m"(*p));
-#else
-  prefetch_line(p);
-#endif
-}
-
-// Asks for [row, row + bytes) to be brought into the cache ahead of use.
-inline void prefetch_bytes(const void* row, int64_t bytes) {
-  const char* p = static_cast<const char*>(row);
-  for (int64_t at = 0; at < bytes; at += 64) prefetch_line(p + at);
-}
-
-// The same, for memory about to be written (no need to share the lines with other cores).
-inline void prefetch_bytes_for_write(void* row, int64_t bytes) {
-  char* p = static_cast<char*>(row);
-  for (int64_t at = 0; at < bytes; at += 64) prefetch_line_for_write(p + at);
-}
-
-// How far ahead of the weights it multiplies a uvw kernel asks for them (bytes): paced with the
-// compute, one line asked for per line used (a C loop reading 28.5 KB per element front to back
-// from memory with 4 FMAs per line: 0.79 us per element, 0.90 with the hardware prefetcher alone).
-constexpr int64_t kWeightsAhead = 4096;
-
 template <typename T>
 void fill_gaps(const std::vector<std::pair<int64_t, int64_t>>& ranges, T* row) {
   for (const auto& [begin, end] : ranges) std::fill(row + begin, row + end, T(0));
@@ -483,7 +446,7 @@ void uvw_forward_block(const tp::Path<T>& p, const T* z, int64_t ld1, const T* W
   for (int64_t u = 0; u < p.mul1; ++u)
     for (int64_t v = 0; v < V; ++v) {
       const T* wr = W + (u * V + v) * Wo + w0;
-      for (int c = 0; c < NC; ++c) prefetch_line(reinterpret_cast<const char*>(wr + c * N) + kWeightsAhead);
+      for (int c = 0; c < NC; ++c) prefetch_ahead(wr + c * N);
       typename Tile::Reg wv[NC];
       for (int c = 0; c + 1 < NC; ++c) wv[c] = Tile::load_full(wr + c * N);
       wv[NC - 1] = Tile::load(wr + (NC - 1) * N, last);
@@ -633,7 +596,7 @@ void contract_weights_transposed(const tp::Path<T>& p, const T* W, const T* g, i
         const int cols = static_cast<int>(std::min<int64_t>(N, Wo - w0));
         typename Tile::Reg r[N];
         for (int u = 0; u < rows; ++u)
-          prefetch_line(reinterpret_cast<const char*>(W + ((u0 + u) * V + v) * Wo + w0) + kWeightsAhead);
+          prefetch_ahead(W + ((u0 + u) * V + v) * Wo + w0);
         for (int u = 0; u < N; ++u) r[u] = u < rows ? Tile::load(W + ((u0 + u) * V + v) * Wo + w0, cols) : Tile::zero();
         Tile::transpose(r);  // r[w] = W[u0 .. u0 + N][v][w0 + w]
         for (int w = 0; w < cols; ++w)
@@ -877,7 +840,7 @@ const T* path_weights(const tp::Path<T>& p, const TileIO<T>& io, int64_t e) {
 // Programs whose paths are all uvw (Program::by_element): a tile's projections for every path at
 // once, then element by element, each element's paths in the order of their weights. Its weights
 // (fully-connected: 28.5 KB per element) and their gradients are then read and written front to
-// back, one stream the kernels ask for ahead of use (kWeightsAhead), where the block-by-block
+// back, one stream the kernels ask for ahead of use (kReadAhead, streaming.h), where the block-by-block
 // order reads a few hundred bytes of each of 16 rows in turn (bench/NOTES.md, version 14).
 // ---------------------------------------------------------------------------------------------
 template <typename T>
