@@ -441,21 +441,38 @@ void uvw_forward_block(const tp::Path<T>& p, const T* z, int64_t ld1, const T* W
   const int64_t V = p.mul2, Wo = p.mul_out, d3 = p.d3;
   const int last = static_cast<int>(std::min<int64_t>(Wo - w0 - (NC - 1) * N, N));  // lanes of the last vector
   typename Tile::Reg acc[RB][NC];
+#pragma GCC unroll 16
   for (int b = 0; b < RB; ++b)
+#pragma GCC unroll 16
     for (int c = 0; c < NC; ++c) acc[b][c] = Tile::zero();
-  for (int64_t u = 0; u < p.mul1; ++u)
-    for (int64_t v = 0; v < V; ++v) {
-      const T* wr = W + (u * V + v) * Wo + w0;
-      for (int c = 0; c < NC; ++c) prefetch_ahead(wr + c * N);
-      typename Tile::Reg wv[NC];
-      for (int c = 0; c + 1 < NC; ++c) wv[c] = Tile::load_full(wr + c * N);
-      wv[NC - 1] = Tile::load(wr + (NC - 1) * N, last);
-      for (int b = 0; b < RB; ++b) {
-        const typename Tile::Reg zk = Tile::set1(z[(v * d3 + k0 + b) * ld1 + u]);
-        for (int c = 0; c < NC; ++c) acc[b][c] = Tile::fma(zk, wv[c], acc[b][c]);
-      }
+  // One loop over the rows (u, v) of W: with a loop per v inside one per u, GCC kept the
+  // accumulators on the stack between the two, a store-to-load chain per row (35 % of this
+  // function's samples on one reload).
+  const int64_t rows = p.mul1 * V;
+  int64_t u = 0, v = 0;
+  for (int64_t row = 0; row < rows; ++row) {
+    const T* wr = W + row * Wo + w0;
+#pragma GCC unroll 16
+    for (int c = 0; c < NC; ++c) prefetch_ahead(wr + c * N);
+    typename Tile::Reg wv[NC];
+#pragma GCC unroll 16
+    for (int c = 0; c + 1 < NC; ++c) wv[c] = Tile::load_full(wr + c * N);
+    wv[NC - 1] = Tile::load(wr + (NC - 1) * N, last);
+    const T* zr = z + (v * d3 + k0) * ld1 + u;
+#pragma GCC unroll 16
+    for (int b = 0; b < RB; ++b) {
+      const typename Tile::Reg zk = Tile::set1(zr[b * ld1]);
+#pragma GCC unroll 16
+      for (int c = 0; c < NC; ++c) acc[b][c] = Tile::fma(zk, wv[c], acc[b][c]);
     }
+    if (++v == V) {
+      v = 0;
+      ++u;
+    }
+  }
+#pragma GCC unroll 16
   for (int b = 0; b < RB; ++b)
+#pragma GCC unroll 16
     for (int c = 0; c < NC; ++c) {
       T* o = out + (k0 + b) * ld3 + w0 + c * N;
       Tile::store_full(o, Tile::add(Tile::load_full(o), acc[b][c]));
@@ -516,6 +533,67 @@ void uvw_forward(const tp::Path<T>& p, const T* z, int64_t ld1, const T* W, T* o
   }
 #else
   tp::uvw_forward<T, kLanes<T>>(p, z, ld1, W, out, ld3);
+#endif
+}
+
+#if defined(__AVX512F__)
+// Both gradients of a uvw path with one output component and one x2 channel, in one pass over the
+// rows of W: h[u] = sum_w W[u][w] g[w] (rows summed in vector lanes, 16 reduced at once by
+// Tile::sum_rows, where contract_weights_transposed spends a 16 x 16 transpose per tile of W) and
+// gW[u][w] (+)= z[u] g[w]. NC vectors of output channels (Wo <= NC * N); h padded with zeros to ld1.
+template <typename T, int NC>
+void uvw_backward_d1(const tp::Path<T>& p, const T* W, const T* g, const T* z, T* h, int64_t ld1, T* gW,
+                     bool accumulate) {
+  using Tile = typename detail::TileOf<T>::type;
+  constexpr int N = Tile::N;
+  const int64_t Wo = p.mul_out;
+  const int last = static_cast<int>(Wo - (NC - 1) * N);
+  typename Tile::Reg gv[NC];
+  for (int c = 0; c < NC; ++c) gv[c] = Tile::load(g + c * N, c + 1 < NC ? N : last);
+  for (int64_t u0 = 0; u0 < ld1; u0 += N) {
+    typename Tile::Reg part[N];
+    for (int r = 0; r < N; ++r) {
+      const int64_t u = u0 + r;
+      part[r] = Tile::zero();
+      if (u >= p.mul1) continue;
+      const T* wr = W + u * Wo;
+      T* gr = gW + u * Wo;
+      const typename Tile::Reg zu = Tile::set1(z[u]);
+      for (int c = 0; c < NC; ++c) {
+        const int count = c + 1 < NC ? N : last;
+        prefetch_ahead(wr + c * N);
+        part[r] = Tile::fma(Tile::load(wr + c * N, count), gv[c], part[r]);
+        typename Tile::Reg d = Tile::mul(zu, gv[c]);
+        if (accumulate) d = Tile::add(d, Tile::load(gr + c * N, count));
+        Tile::store(gr + c * N, d, count);
+      }
+    }
+    Tile::store_full(h + u0, Tile::sum_rows(part));
+  }
+}
+#endif
+
+// Whether uvw_backward runs path p (one output component, one x2 channel, up to 4 vectors of
+// output channels: fully-connected's scalar paths, 65 % of its weights).
+template <typename T>
+bool fuses_backward(const tp::Path<T>& p) {
+#if defined(__AVX512F__)
+  return p.d3 == 1 && p.mul2 == 1 && p.mul_out <= 4 * kLanes<T>;
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+void uvw_backward(const tp::Path<T>& p, const T* W, const T* g, const T* z, T* h, int64_t ld1, T* gW, bool accumulate) {
+#if defined(__AVX512F__)
+  constexpr int N = kLanes<T>;
+  switch ((p.mul_out + N - 1) / N) {
+    case 1: uvw_backward_d1<T, 1>(p, W, g, z, h, ld1, gW, accumulate); break;
+    case 2: uvw_backward_d1<T, 2>(p, W, g, z, h, ld1, gW, accumulate); break;
+    case 3: uvw_backward_d1<T, 3>(p, W, g, z, h, ld1, gW, accumulate); break;
+    default: uvw_backward_d1<T, 4>(p, W, g, z, h, ld1, gW, accumulate); break;
+  }
 #endif
 }
 
@@ -940,9 +1018,18 @@ void vjp_by_element(const Program<T>& prog, const TileIO<T>& io, WeightStore sto
     g_row_channel_major(prog, io, e, s.gc);
     for (int32_t n : prog.weight_order) {
       const tp::Path<T>& p = prog.paths[n];
+      const Block& xb = prog.x1_blocks[prog.path_x1[n]];
+      const Block& ob = prog.out_blocks[prog.path_block[n]];
+      if (with_x1 && with_w && fuses_backward(p)) {  // both from one pass over W
+        const T* A = path_projections(prog, s.A, n, e);
+        uvw_inputs(p, A, x1_channel_major(prog, io, s.x1c, e) + xb.slot, xb.ld, s.z);
+        uvw_backward(p, io.w[e] + p.weight_offset, s.gc + ob.slot, s.z, s.rows, xb.ld, weight_target(p, io, store, s, e),
+                     store == WeightStore::kAdd);
+        finish_weights(p, io, store, s, e);
+        gemm(p.d1, p.d3, A, int64_t(p.d3) * TE, TE, s.rows, s.gx1c + e * prog.x1_scratch + xb.slot, xb.ld);
+        continue;
+      }
       if (with_x1) {  // gx1 += A (W^T g)
-        const Block& xb = prog.x1_blocks[prog.path_x1[n]];
-        const Block& ob = prog.out_blocks[prog.path_block[n]];
         contract_weights(p, io.w[e] + p.weight_offset, s.gc + ob.slot, ob.ld, s.z, xb.ld);
         const T* A = path_projections(prog, s.A, n, e);
         for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE)
