@@ -64,8 +64,9 @@ struct Program {
   };
   std::vector<X2Term> x2_terms;
   std::vector<size_t> x2_term_begin;
-  // Every path uvw: the forward runs a tile element by element, each element's paths in the order
-  // of their weights (forward_by_element), so its weights are read front to back.
+  // Every path uvw: the kernels run a tile element by element, each element's paths in the order
+  // of their weights (forward_by_element, vjp_by_element, vjp_x2_by_element), so that the weights
+  // and their gradient stream front to back.
   bool by_element = false;
   std::vector<int32_t> weight_order, path_block;  // paths by weight offset; output block of each path
   std::vector<int64_t> a_offset;                   // each path's projections in a tile of all paths
@@ -1162,6 +1163,14 @@ void x1_to_lanes(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
   }
 }
 
+// The tile's x2 gradients from s.gx2t (x2 components by tile lane) into io.out's rows.
+template <typename T>
+void store_x2_gradients(const TileIO<T>& io, const TPScratch<T>& s) {
+  constexpr int TE = kLanes<T>;
+  for (int64_t e = 0; e < io.count; ++e)
+    for (int64_t j = 0; j < io.dim2; ++j) io.out[e][j] = s.gx2t[j * TE + e];
+}
+
 // vjp_x2_tile of a by-element program: each element's pair sums of every path, then the CG
 // adjoint of all of them for the tile.
 template <typename T>
@@ -1196,9 +1205,7 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
   std::fill(s.gx2t, s.gx2t + io.dim2 * TE, T(0));
   if (prog.by_element) {
     vjp_x2_by_element(prog, io, s);
-    for (int64_t e = 0; e < io.count; ++e)
-      for (int64_t j = 0; j < io.dim2; ++j) io.out[e][j] = s.gx2t[j * TE + e];
-    return;
+    return store_x2_gradients(io, s);
   }
   if constexpr (direct::kAvailable) {
     if (prog.across_scratch > 0) x1_to_lanes(prog, io, s);
@@ -1256,8 +1263,7 @@ void vjp_x2_tile(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>& s) {
         unproject_path(prog, n, S, s.gx2t + (p.offset2 + v * p.d2) * TE);
     }
   }
-  for (int64_t e = 0; e < io.count; ++e)
-    for (int64_t j = 0; j < io.dim2; ++j) io.out[e][j] = s.gx2t[j * TE + e];
+  store_x2_gradients(io, s);
 }
 
 // gw (+)= output block b's part, through the general tiles (its projections in s.A).
