@@ -292,6 +292,8 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
       }
     prog.tile_a_size = std::max(prog.tile_a_size, a);
     prog.out_scratch = std::max(prog.out_scratch, prog.out_row_size);
+    for (const tp::Path<T>& p : prog.paths)  // vjp_x2_by_element's x1^T W
+      prog.z_size = std::max<int64_t>(prog.z_size, int64_t(p.d1) * round_up(p.mul_out, lanes));
     prog.weight_order.resize(prog.paths.size());
     std::iota(prog.weight_order.begin(), prog.weight_order.end(), 0);
     std::stable_sort(prog.weight_order.begin(), prog.weight_order.end(), [&](int32_t a, int32_t b) {
@@ -1184,8 +1186,18 @@ void vjp_x2_by_element(const Program<T>& prog, const TileIO<T>& io, TPScratch<T>
       const tp::Path<T>& p = prog.paths[n];
       const Block& xb = prog.x1_blocks[prog.path_x1[n]];
       const Block& ob = prog.out_blocks[prog.path_block[n]];
-      contract_weights(p, io.w[e] + p.weight_offset, s.gc + ob.slot, ob.ld, s.z, xb.ld);
       T* S = s.A + prog.a_offset[n] * TE + e;
+      if (p.mul2 == 1) {
+        // S[i][k] = sum_w y[i][w] g[k][w] with y = x1^T W: the forward's contraction, x1's rows in
+        // place of the projections (rows of W in vector lanes, no transposes).
+        tp::Path<T> x1_rows = p;
+        x1_rows.d3 = p.d1;
+        std::fill(s.z, s.z + p.d1 * ob.ld, T(0));
+        uvw_forward(x1_rows, x1e + xb.slot, xb.ld, io.w[e] + p.weight_offset, s.z, ob.ld);
+        grouped_pair_dots(p, s.z, s.gc + ob.slot, ob.ld, S, TE);
+        continue;
+      }
+      contract_weights(p, io.w[e] + p.weight_offset, s.gc + ob.slot, ob.ld, s.z, xb.ld);
       for (int64_t v = 0; v < p.mul2; ++v, S += int64_t(p.d1) * p.d3 * TE)
         grouped_pair_dots(p, x1e + xb.slot, s.z + v * p.d3 * xb.ld, xb.ld, S, TE);
     }
