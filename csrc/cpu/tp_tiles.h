@@ -1019,6 +1019,15 @@ void vjp_by_element(const Program<T>& prog, const TileIO<T>& io, WeightStore sto
   project_all(prog, s.x2t, s.A);
   for (int64_t e = 0; e < io.count; ++e) {
     g_row_channel_major(prog, io, e, s.gc);
+    // The next element's streamed gradient blocks start and end in lines shared with their
+    // neighbours, which copy_out writes by plain stores: ask for them now, so that those stores
+    // do not each wait on a read from memory.
+    if (with_w && store == WeightStore::kStream && e + 1 < io.count)
+      for (const tp::Path<T>& p : prog.paths) {
+        T* block = io.out[e + 1] + p.weight_offset;
+        prefetch_line_for_write(reinterpret_cast<char*>(block));
+        prefetch_line_for_write(reinterpret_cast<char*>(block + path_weight_count(p) - 1));
+      }
     for (int32_t n : prog.weight_order) {
       const tp::Path<T>& p = prog.paths[n];
       const Block& xb = prog.x1_blocks[prog.path_x1[n]];
