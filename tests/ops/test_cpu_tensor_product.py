@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nffk import _ext, backends
-from nffk.o3 import Irreps
+from nffk.nn import FullyConnectedTensorProduct
 from nffk.ops.tensor_product import KERNELS, CpuKernels, TensorProductPlan, implemented_backends, tensor_product
 from nffk.testing import DIRECT_PLANS, assert_thread_count_independent, poisoned_outputs, random_tensor_product
 
@@ -96,23 +96,15 @@ def test_uvw_only_plans_match_the_reference(dtype, shared, seeded):
         plan = make_plan(config)
         for batch in (1, 17, 40):
             compare_every_kernel(plan, dtype, shared, batch, seeded, config)
-    # Every allowed path, as e3nn's FullyConnectedTensorProduct: scalar paths of one x2 channel run
+    # Every allowed path (FullyConnectedTensorProduct): scalar paths of one x2 channel run
     # both gradients in one pass over W (uvw_backward_d1) for up to 64 output channels, in groups of
     # 16 input channels (17 and 48: a group cut short, three whole ones); 70 output channels do not.
     for irreps1, irreps2, irreps_out in (("48x0e+48x0o+10x1o+10x1e", "0e+1o+2e", "48x0e+48x0o+10x1o+10x1e"),
                                          ("17x0e+3x1o", "0e+1o", "70x0e+5x1o+64x0o"),
                                          ("33x0e+2x0e", "1x0e+2x0e", "20x0e")):
-        plan = TensorProductPlan(irreps1, irreps2, irreps_out, fully_connected_paths(irreps1, irreps2, irreps_out))
+        plan = FullyConnectedTensorProduct(irreps1, irreps2, irreps_out).plan
         for batch in (1, 17, 40):
             compare_every_kernel(plan, dtype, shared, batch, seeded, irreps_out)
-
-
-def fully_connected_paths(irreps1, irreps2, irreps_out):
-    """uvw instructions for every (x1, x2, output) block whose irreps the product allows."""
-    out = Irreps(irreps_out)
-    return [(i1, i2, i_out, "uvw", True)
-            for i1, (_, ir1) in enumerate(Irreps(irreps1)) for i2, (_, ir2) in enumerate(Irreps(irreps2))
-            for i_out, (_, ir_out) in enumerate(out) if ir_out in ir1 * ir2]
 
 
 STREAMED_BYTES = 1 << 20  # outputs from this size on are streamed (kStreamTensorProductBytes, tp_tiles.h)
