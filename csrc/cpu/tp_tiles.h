@@ -1032,23 +1032,23 @@ void vjp_by_element(const Program<T>& prog, const TileIO<T>& io, WeightStore sto
       const tp::Path<T>& p = prog.paths[n];
       const Block& xb = prog.x1_blocks[prog.path_x1[n]];
       const Block& ob = prog.out_blocks[prog.path_block[n]];
-      if (with_x1 && with_w && fuses_backward(p)) {  // both from one pass over W
+      const bool fused = with_x1 && with_w && fuses_backward(p);  // both gradients from one pass over W
+      if (with_x1) {  // gx1 += A h, h = W^T g
         const T* A = path_projections(prog, s.A, n, e);
-        uvw_inputs(p, A, x1_channel_major(prog, io, s.x1c, e) + xb.slot, xb.ld, s.z);
-        uvw_backward(p, io.w[e] + p.weight_offset, s.gc + ob.slot, s.z, s.rows, xb.ld, weight_target(p, io, store, s, e),
-                     store == WeightStore::kAdd);
-        finish_weights(p, io, store, s, e);
-        gemm(p.d1, p.d3, A, int64_t(p.d3) * TE, TE, s.rows, s.gx1c + e * prog.x1_scratch + xb.slot, xb.ld);
-        continue;
-      }
-      if (with_x1) {  // gx1 += A (W^T g)
-        contract_weights(p, io.w[e] + p.weight_offset, s.gc + ob.slot, ob.ld, s.z, xb.ld);
-        const T* A = path_projections(prog, s.A, n, e);
+        T* h = fused ? s.rows : s.z;  // the fused pass needs s.z for the weights' inputs
+        if (fused) {
+          uvw_inputs(p, A, x1_channel_major(prog, io, s.x1c, e) + xb.slot, xb.ld, s.z);
+          uvw_backward(p, io.w[e] + p.weight_offset, s.gc + ob.slot, s.z, h, xb.ld, weight_target(p, io, store, s, e),
+                       store == WeightStore::kAdd);
+          finish_weights(p, io, store, s, e);
+        } else {
+          contract_weights(p, io.w[e] + p.weight_offset, s.gc + ob.slot, ob.ld, h, xb.ld);
+        }
         for (int64_t v = 0; v < p.mul2; ++v, A += int64_t(p.d1) * p.d3 * TE)
-          gemm(p.d1, p.d3, A, int64_t(p.d3) * TE, TE, s.z + v * p.d3 * xb.ld, s.gx1c + e * prog.x1_scratch + xb.slot,
+          gemm(p.d1, p.d3, A, int64_t(p.d3) * TE, TE, h + v * p.d3 * xb.ld, s.gx1c + e * prog.x1_scratch + xb.slot,
                xb.ld);
       }
-      if (with_w) uvw_weight_gradient(prog, io, store, s, n, e);
+      if (with_w && !fused) uvw_weight_gradient(prog, io, store, s, n, e);
     }
   }
 }
