@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import platform
 
 POLICIES = ("keep", "system")
@@ -23,13 +24,17 @@ _M_MMAP_MAX = -4
 _NEVER_TRIM = 2**31 - 1  # bytes: mallopt takes an int
 
 
-def _glibc_mallopt():
+def _glibc(function: str):
     if platform.libc_ver()[0] != "glibc":
         return None
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), function)
     except (OSError, AttributeError):
         return None
+
+
+def _glibc_mallopt():
+    return _glibc("mallopt")
 
 
 def apply(policy: str) -> str:
@@ -45,3 +50,16 @@ def apply(policy: str) -> str:
     if mallopt(_M_MMAP_MAX, 0) != 1 or mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) != 1:
         return "system (mallopt refused)"
     return "keep"
+
+
+def release() -> None:
+    """Gives the memory that freed blocks keep back to the system (between cases): under `keep`
+    nothing is ever returned, so the temporaries of every case so far would stay resident. A full
+    run once grew to the machine's 24 GB and was killed in high-order's double backward, whose
+    temporaries alone take 3.4 (nffk), 4.3 (e3nn) and 9.7 GB (cuequivariance) at 2,000 edges."""
+    gc.collect()
+    trim = _glibc("malloc_trim")
+    if trim is not None:
+        trim(0)
+    from nffk.ops import _outputs  # nffk's pool of kept output mappings
+    _outputs.empty_cache()

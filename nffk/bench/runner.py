@@ -13,6 +13,7 @@ import warnings
 
 import torch
 
+from nffk.bench import allocator
 from nffk.bench.machine import describe_machine, measure_floors, package_versions
 from nffk.bench.registry import PeerMissing, case_key, same_result
 from nffk.bench.timing import Rotation, device_cache_bytes, rotation_sets, summarize, time_interleaved
@@ -59,6 +60,7 @@ def _short(error: BaseException) -> str:
 
 def run_case(case, effort: dict) -> list:
     """Records (dicts) for every implementation of one case."""
+    allocator.release()  # what earlier cases freed
     base = {"op": case.op, "config": case.config, "pass": case.pass_name, "size": case.size,
             "size_name": case.size_name, "params": case.params, "family": case.family,
             "flops": case.flops, "bytes": case.bytes, "description": case.description}

@@ -3,6 +3,7 @@ every implementation produced a finite time; missing or failing peers are report
 No timing is asserted (speed is measured in bench/, never in tests)."""
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -234,3 +235,28 @@ def test_malloc_policy(policy):
 def test_unknown_malloc_policy_is_a_clear_error():
     with pytest.raises(ValueError, match="expected one of keep, system"):
         allocator.apply("jemalloc")
+
+
+# Resident memory (MB) after a 200 MB buffer is filled and freed under "keep", then after release().
+_RESIDENT_AFTER_RELEASE = """
+import torch
+from nffk.bench import allocator
+def resident_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 1e6
+allocator.apply("keep")
+x = torch.ones(50_000_000)
+del x
+kept = resident_mb()
+allocator.release()
+print(kept, resident_mb())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not os.path.exists("/proc/self/statm"),
+                    reason="malloc_trim is glibc's; resident memory read from /proc")
+def test_release_returns_the_memory_keep_holds():
+    result = subprocess.run([sys.executable, "-c", _RESIDENT_AFTER_RELEASE], capture_output=True, text=True,
+                            check=True)
+    kept, released = map(float, result.stdout.split())
+    assert kept - released > 150, (kept, released)
