@@ -63,3 +63,49 @@ def release() -> None:
         trim(0)
     from nffk.ops import _outputs  # nffk's pool of kept output mappings
     _outputs.empty_cache()
+
+
+# Peak memory of a call, from Linux's per-process high-water mark (VmHWM), which writing 5 to
+# /proc/self/clear_refs resets to the current resident size. None where either is unavailable.
+def _status_kb(field: str):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_growth_bytes(resident_kb_before):
+    """Bytes the high-water mark rose above `resident_kb_before` (VmRSS read right after reset_peak())."""
+    peak = _status_kb("VmHWM")
+    if peak is None or resident_kb_before is None:
+        return None
+    return max(0, peak - resident_kb_before) * 1024
+
+
+def resident_kb():
+    return _status_kb("VmRSS")
+
+
+def available_bytes():
+    """The system's MemAvailable, or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

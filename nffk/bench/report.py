@@ -53,8 +53,16 @@ def footnotes(report: dict, include_sweeps: bool = False) -> list:
             texts = notes.setdefault(f"{r['op']} {r['impl']}", [])
             if r["note"] not in texts:
                 texts.append(r["note"])
+    paired = [case_title(r) for r in report["records"]
+              if r.get("timed_beside_nffk") and (include_sweeps or not r.get("family"))]
+    paired = [f"{title}: nffk timed beside each peer in turn (all together would not fit in memory)"
+              for title in dict.fromkeys(paired)]
     return ([f"{name}: {text}" for name, text in configs.items() if text] +
-            [f"{impl}: {'; '.join(texts)}" for impl, texts in notes.items()] + bounds(report, include_sweeps))
+            [f"{impl}: {'; '.join(texts)}" for impl, texts in notes.items()] + paired + bounds(report, include_sweeps))
+
+
+def case_title(r: dict) -> str:
+    return f"{r['op']} {r['config']} {r['pass']} {r['size_name']}={r['size']}"
 
 
 def bounds(report: dict, include_sweeps: bool = False) -> list:
@@ -68,7 +76,7 @@ def bounds(report: dict, include_sweeps: bool = False) -> list:
         if not peers or ours is None:
             continue
         limits = ", ".join(f"{r['median_s'] / b['median_s']:.3g}x {r['impl']}" for r in peers)
-        lines.append(f"{b['op']} {b['config']} {b['pass']} {b['size_name']}={b['size']}: {b['impl']} alone take "
+        lines.append(f"{case_title(b)}: {b['impl']} alone take "
                      f"{_ms(b['median_s'])} ms of nffk's {_ms(ours['median_s'])}, so no implementation can be faster "
                      f"than each peer here by more than {limits}")
     return lines
@@ -120,7 +128,7 @@ def print_table(report: dict, console=None, include_sweeps: bool = False) -> Non
     for cells in rows(report, include_sweeps):
         if previous is not None and cells[:3] != previous[:3]:
             table.add_section()
-        style = "bold" if cells[3] == "nffk" else ("dim" if cells[4] in ("missing", "error") else None)
+        style = "bold" if cells[3] == "nffk" else ("dim" if cells[4] in ("missing", "error", "skipped") else None)
         table.add_row(*[escape(str(c)) for c in cells], style=style)
         previous = cells
     for line in header(report):

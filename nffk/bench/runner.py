@@ -91,12 +91,17 @@ def run_case(case, effort: dict) -> list:
         return adapt[name](args) if name in adapt else args
 
     # One call each: a first warm-up (its time is kept: JIT compilation shows here), and
-    # implementations that fail on this case are reported.
+    # implementations that fail on this case are reported. Each call's peak memory is measured.
+    peaks = {}
     for name in list(built):
+        allocator.release()
+        before = allocator.resident_kb() if allocator.reset_peak() else None
         try:
             started = time.perf_counter()
             built[name].fn(*args_for(name, input_sets[0]))
             records[name]["first_call_s"] = time.perf_counter() - started
+            peaks[name] = allocator.peak_growth_bytes(before)
+            records[name]["peak_bytes"] = peaks[name]
         except Exception as error:  # noqa: BLE001
             records[name].update(status="error", note=_short(error))
             del built[name]
@@ -116,13 +121,57 @@ def run_case(case, effort: dict) -> list:
             except Exception as error:  # noqa: BLE001
                 records[name]["check"] = f"failed: {_short(error)}"
 
-    times = time_interleaved({name: b.fn for name, b in built.items()}, Rotation(input_sets),
-                             warmup=max(effort["warmup"] - 1, 0), repeat=effort["repeat"],
-                             min_seconds=effort["min_seconds"], max_seconds=effort["max_seconds"],
-                             device=case.device, adapt=adapt) if built else {}
+    allocator.release()
+    groups, left_out = timing_groups(list(built), peaks, allocator.available_bytes())
+    for name, note in left_out.items():
+        records[name].update(status="skipped", note=note)
+    times = {}
+    for group in groups:
+        if len(groups) > 1:
+            allocator.release()
+            records[group[-1]]["timed_beside_nffk"] = True
+        group_times = time_interleaved({name: built[name].fn for name in group}, Rotation(input_sets),
+                                       warmup=max(effort["warmup"] - 1, 0), repeat=effort["repeat"],
+                                       min_seconds=effort["min_seconds"], max_seconds=effort["max_seconds"],
+                                       device=case.device, adapt=adapt)
+        for name, ts in group_times.items():
+            times.setdefault(name, []).extend(ts)
     for name, ts in times.items():
         records[name].update(summarize(ts), times_s=ts, input_sets=n_sets)
     return list(records.values())
+
+
+# Under the `keep` malloc policy freed blocks stay with the process, so implementations timed
+# together hold about the sum of their temporaries (a full high-order double backward: 17 GB in
+# the first calls, past 24 GB later). Timing may use this share of the memory available when the
+# case starts, counting each implementation at PEAK_MARGIN times its first call's peak (later calls
+# of cuequivariance-torch's high-order double backward took up to 1.7x its first call's).
+MEMORY_SHARE = 0.75
+PEAK_MARGIN = 2.0
+
+
+def timing_groups(names: list, peaks: dict, available) -> tuple:
+    """(groups of implementations timed interleaved, {left-out name: why}). All together where the
+    sum of their first calls' peak memory fits in MEMORY_SHARE of `available` bytes (or where either
+    is unknown); else nffk beside each other implementation in turn (every ratio is against nffk),
+    leaving out one that does not fit even beside nffk."""
+    known = [peaks.get(name) for name in names]
+    if available is None or None in known or NFFK not in names:
+        return [names], {}
+    budget = MEMORY_SHARE * available / PEAK_MARGIN
+    if sum(known) <= budget:
+        return [names], {}
+    groups, left_out = [], {}
+    for name in names:
+        if name == NFFK:
+            continue
+        if peaks[NFFK] + peaks[name] <= budget:
+            groups.append([NFFK, name])
+        else:
+            left_out[name] = (f"skipped: its first call took {peaks[name] / 1e9:.1f} GB and nffk's "
+                              f"{peaks[NFFK] / 1e9:.1f}; {PEAK_MARGIN:g}x that is past {MEMORY_SHARE:.0%} of the "
+                              f"{available / 1e9:.1f} GB available")
+    return groups or [[NFFK]], left_out
 
 
 def derive(records: list, floors: dict) -> None:

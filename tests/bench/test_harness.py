@@ -115,6 +115,43 @@ def test_missing_and_failing_peers_are_reported():
     assert records["wrong"]["status"] == "ok" and records["wrong"]["check"].startswith("DIFFERS")
 
 
+def test_timing_groups_fit_the_memory_available():
+    names = ["nffk", "e3nn", "cue"]
+    gb = 1e9 / runner.PEAK_MARGIN  # peaks counted at PEAK_MARGIN times their first call's
+    peaks = {"nffk": 3 * gb, "e3nn": 4 * gb, "cue": 9 * gb}
+    assert runner.timing_groups(names, peaks, 17e9 / runner.MEMORY_SHARE) == ([names], {})
+    # Together past what timing may use: nffk beside each peer in turn.
+    assert runner.timing_groups(names, peaks, 15e9 / runner.MEMORY_SHARE) == ([["nffk", "e3nn"], ["nffk", "cue"]], {})
+    available = 11e9 / runner.MEMORY_SHARE
+    groups, left_out = runner.timing_groups(names, peaks, available)
+    assert groups == [["nffk", "e3nn"]] and list(left_out) == ["cue"]
+    assert f"{9 * gb / 1e9:.1f} GB" in left_out["cue"] and f"{available / 1e9:.1f} GB available" in left_out["cue"]
+    # Unknown peaks or memory: all together, as before the measurement existed.
+    assert runner.timing_groups(names, dict(peaks, nffk=None), 1e9) == ([names], {})
+    assert runner.timing_groups(names, peaks, None) == ([names], {})
+
+
+@pytest.mark.skipif(not allocator.reset_peak(), reason="peak memory needs Linux's /proc/self/clear_refs")
+def test_implementations_too_big_together_are_timed_beside_nffk(monkeypatch):
+    def allocating(numbers):
+        def fn(x):
+            return float(torch.ones(numbers).sum()) + float(x.sum())
+        return lambda: Built(fn)
+
+    monkeypatch.setattr(allocator, "available_bytes", lambda: 400e6 * runner.PEAK_MARGIN)  # 300 MB of peaks
+    case = _case([Implementation("nffk", allocating(1_000)), Implementation("big", allocating(50_000_000)),
+                  Implementation("bigger", allocating(60_000_000)), Implementation("huge", allocating(100_000_000))])
+    records = {r["impl"]: r for r in runner.run_case(case, runner.EFFORT["quick"])}
+    assert records["big"]["peak_bytes"] > 150e6 and records["nffk"]["peak_bytes"] < 50e6
+    for name in ("big", "bigger"):
+        assert records[name]["status"] == "ok" and records[name]["timed_beside_nffk"]
+    assert records["huge"]["status"] == "skipped" and "available" in records["huge"]["note"]
+    # nffk ran in both pairs: its times are both groups' rounds.
+    assert len(records["nffk"]["times_s"]) == len(records["big"]["times_s"]) + len(records["bigger"]["times_s"])
+    fake = {"records": list(records.values())}
+    assert any("beside each peer in turn" in line and "synthetic forward" in line for line in report.footnotes(fake))
+
+
 def test_rotation_never_repeats_a_set_back_to_back():
     seen = []
     rotation = Rotation([(k,) for k in range(3)])
