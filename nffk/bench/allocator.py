@@ -33,17 +33,13 @@ def _glibc(function: str):
         return None
 
 
-def _glibc_mallopt():
-    return _glibc("mallopt")
-
-
 def apply(policy: str) -> str:
     """Set the process's malloc policy; returns what is in effect, as the report says it."""
     if policy not in POLICIES:
         raise ValueError(f"malloc policy {policy!r}: expected one of {', '.join(POLICIES)}")
     if policy == "system":
         return "system"
-    mallopt = _glibc_mallopt()
+    mallopt = _glibc("mallopt")
     if mallopt is None:
         return "system (keep needs glibc)"
     # Blocks from the heap instead of mmap, and freed heap memory not given back (up to 2 GiB at its top).

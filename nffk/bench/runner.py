@@ -122,7 +122,7 @@ def run_case(case, effort: dict) -> list:
                 records[name]["check"] = f"failed: {_short(error)}"
 
     allocator.release()
-    groups, left_out = timing_groups(list(built), peaks, allocator.available_bytes())
+    groups, left_out = timing_groups(list(built), peaks, allocator.available_bytes()) if built else ([], {})
     for name, note in left_out.items():
         records[name].update(status="skipped", note=note)
     times = {}
