@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gc
 import platform
 
 POLICIES = ("keep", "system")
@@ -52,8 +51,9 @@ def release() -> None:
     """Gives the memory that freed blocks keep back to the system (between cases): under `keep`
     nothing is ever returned, so the temporaries of every case so far would stay resident. A full
     run once grew to the machine's 24 GB and was killed in high-order's double backward, whose
-    temporaries alone take 3.4 (nffk), 4.3 (e3nn) and 9.7 GB (cuequivariance) at 2,000 edges."""
-    gc.collect()
+    temporaries alone take 3.4 (nffk), 4.3 (e3nn) and 9.7 GB (cuequivariance) at 2,000 edges.
+    No gc.collect() here: with the peers imported it takes ~185 ms (the timing collects once per
+    group of rounds), and the calls' temporaries are freed by reference counting."""
     trim = _glibc("malloc_trim")
     if trim is not None:
         trim(0)
