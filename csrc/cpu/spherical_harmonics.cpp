@@ -26,14 +26,13 @@ constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
 // Outputs below kStreamBytes are written by plain stores, each of which first reads its line into
 // the cache: from memory when the pool's buffer is cold. Asking for the lines a block of points will
-// write (with write intent), and the rows it will read, kReadAhead bytes ahead overlaps those reads
-// with the compute and, unlike streaming stores, leaves the output in cache for its consumer
-// (bench/NOTES.md, version 15).
+// write (with write intent), and the rows it will read, kReadAhead bytes ahead (prefetch_ahead)
+// overlaps those reads with the compute and, unlike streaming stores, leaves the output in cache
+// for its consumer (bench/NOTES.md, version 15).
 template <typename T>
-inline void ask_ahead(const T* reads, int64_t read_numbers, T* writes, int64_t write_numbers) {
-  constexpr int64_t ahead = kReadAhead / int64_t(sizeof(T));
-  prefetch_bytes(reads + ahead, read_numbers * int64_t(sizeof(T)));
-  if (writes != nullptr) prefetch_bytes_for_write(writes + ahead, write_numbers * int64_t(sizeof(T)));
+inline void ask_ahead(const T* points, T* rows, int64_t row_numbers) {
+  prefetch_ahead(points, 3 * kLanes<T>);
+  prefetch_ahead_for_write(rows, row_numbers);
 }
 
 // Everything a call needs, checked once: requested degrees, their output offsets and scales,
@@ -301,7 +300,7 @@ void values_rows(const SHPlan<float>& plan, bool normalize, const float* px, int
     for (int t = kCount; t < B; ++t) r[t] = _mm512_setzero_ps();
     detail::transpose16(r);  // r[n] = the row of point n0 + n (lanes >= kCount are zero)
     float* rows = out + n0 * kCount;
-    if (!stream) ask_ahead(px + n0 * 3, 3 * B, rows, B * kCount);
+    if (!stream) ask_ahead(px + n0 * 3, rows, B * kCount);
     if (count < B) {
       for (int n = 0; n < count; ++n) _mm512_mask_storeu_ps(rows + n * kCount, row_mask, r[n]);
     } else if (stream) {  // rows through L1, then non-temporal whole-vector stores
@@ -367,11 +366,11 @@ void run_sh(SHKernel kernel, const SHPlan<T>& plan, bool normalize, int64_t poin
       frame.set(s.x, normalize, T(kNormalizeEps));
       sh::values<T, B>(plan.lmax, a, b, frame.u[0], frame.u[1], frame.u[2], s.P);
       if (kernel == SHKernel::kValues) {
-        if (!stream) ask_ahead(px + n0 * 3, 3 * B, out + n0 * plan.dim, B * plan.dim);
+        if (!stream) ask_ahead(px + n0 * 3, out + n0 * plan.dim, B * plan.dim);
         store_values(plan, s.P, s.cols, s.staged, count, out + n0 * plan.dim, stream);
         continue;
       }
-      ask_ahead(pg + n0 * plan.dim, B * plan.dim, static_cast<T*>(nullptr), 0);
+      prefetch_ahead(pg + n0 * plan.dim, B * plan.dim);  // dL/dY rows (see ask_ahead)
       load_grad(plan, pg + n0 * plan.dim, count, s.cols, s.gP);
       std::fill(s.v, s.v + 3 * B, T(0));
       sh::gradient_dot<T, B>(plan.count, plan.src, coef, s.P, s.gP, s.v);  // v = (dP/du)^T gP

@@ -95,4 +95,16 @@ inline void prefetch_ahead(const T* p) {
   prefetch_line(reinterpret_cast<const char*>(p) + kReadAhead);
 }
 
+// The lines of [p, p + numbers) moved kReadAhead bytes on: what a front-to-back pass will read, or
+// write, a little later.
+template <typename T>
+inline void prefetch_ahead(const T* p, int64_t numbers) {
+  prefetch_bytes(reinterpret_cast<const char*>(p) + kReadAhead, numbers * int64_t(sizeof(T)));
+}
+
+template <typename T>
+inline void prefetch_ahead_for_write(T* p, int64_t numbers) {
+  prefetch_bytes_for_write(reinterpret_cast<char*>(p) + kReadAhead, numbers * int64_t(sizeof(T)));
+}
+
 }  // namespace nffk::cpu
