@@ -38,6 +38,10 @@ def requested(backend: str) -> str:
     return check_name(backend)
 
 
+# Looked up once at import (without importing triton): torch.compile cannot trace find_spec.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def _triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -60,7 +64,7 @@ def unavailable_reason(backend: str, device: torch.device) -> str | None:
             return f"the extension has no CUDA kernels: {why}"
         return None
     if backend == "triton":
-        if importlib.util.find_spec("triton") is None:
+        if not _TRITON_INSTALLED:
             return "the triton package is not installed"
         if device.type == "cpu" and not _triton_interpreting():
             return "Triton runs on CUDA tensors (or on the CPU under TRITON_INTERPRET=1)"
@@ -87,14 +91,16 @@ def resolve(op: str, backend: str, device: torch.device, implemented) -> str:
     return backend
 
 
-_SUPPORTED: dict = {}  # (id of a SUPPORTS table, plan id) -> the backends whose predicate holds
+_SUPPORTED: dict = {}  # (op name, plan id) -> the backends whose predicate holds
 
 
-def implemented_by(supports: dict, dtypes: dict, plan, dtype: torch.dtype | None = None) -> tuple:
-    """Backends of `supports` (name -> predicate on a plan) that implement `plan` and, if given,
-    compute in `dtype` (`dtypes`: name -> dtypes; a backend not in it computes in any). Plans do
-    not change, so each plan's predicates run once: they walk its paths, a cost on every call."""
-    key = (id(supports), plan.id)
+def implemented_by(op: str, supports: dict, dtypes: dict, plan, dtype: torch.dtype | None = None) -> tuple:
+    """Backends of op's `supports` (name -> predicate on a plan) that implement `plan` and, if
+    given, compute in `dtype` (`dtypes`: name -> dtypes; a backend not in it computes in any).
+    Plans do not change, so each plan's predicates run once: they walk its paths, a cost on every
+    call. The cache is keyed by the op's name, not id(supports): torch.compile cannot trace id()
+    of a dict (torch 2.11)."""
+    key = (op, plan.id)
     if key not in _SUPPORTED:
         _SUPPORTED[key] = tuple(name for name, holds in supports.items() if holds(plan))
     return tuple(name for name in _SUPPORTED[key] if dtype is None or dtype in dtypes.get(name, (dtype,)))

@@ -172,7 +172,7 @@ DTYPES = {"cpu": TP_DTYPES["cpu"], "cuda": CUDA_DTYPES}
 
 def implemented_backends(plan: TensorProductPlan, dtype: torch.dtype | None = None) -> tuple:
     """Backends that implement this plan (and, if given, compute in this dtype)."""
-    return backends.implemented_by(SUPPORTS, DTYPES, plan, dtype)
+    return backends.implemented_by("conv", SUPPORTS, DTYPES, plan, dtype)
 
 
 # Custom ops: the graph travels as its five tensors.

@@ -191,7 +191,7 @@ DTYPES = {"cpu": CPU_DTYPES}
 
 def implemented_backends(plan: LinearPlan, dtype: torch.dtype | None = None) -> tuple:
     """Backends that implement this plan (and, if given, compute in this dtype)."""
-    return backends.implemented_by(SUPPORTS, DTYPES, plan, dtype)
+    return backends.implemented_by("linear", SUPPORTS, DTYPES, plan, dtype)
 
 
 @torch.library.custom_op("nffk::linear_forward", mutates_args=())

@@ -547,7 +547,7 @@ DTYPES = {"cpu": CPU_DTYPES, "cuda": CUDA_DTYPES}
 
 def implemented_backends(plan: TensorProductPlan, dtype: torch.dtype | None = None) -> tuple:
     """Backends that implement this plan (and, if given, compute in this dtype)."""
-    return backends.implemented_by(SUPPORTS, DTYPES, plan, dtype)
+    return backends.implemented_by("tensor_product", SUPPORTS, DTYPES, plan, dtype)
 
 
 # ---------------------------------------------------------------------------------------------
