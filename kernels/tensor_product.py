@@ -261,24 +261,29 @@ def _contract_kernel(out_ptr, a_ptr, b_ptr, w_ptr, num_rows, dim_out, dim_a, dim
         segment_begin = tl.load(segment_ptr + rows, mask=row_ok, other=0)
         segment_length = tl.load(segment_ptr + rows + 1, mask=row_ok, other=0) - segment_begin
         longest = tl.max(segment_length, axis=0)
+        last_slot = tl.load(segment_ptr + num_rows) - 1
     else:
         segment_begin = rows
         segment_length = tl.where(row_ok, 1, 0)
         longest = 1
+        last_slot = num_rows - 1
 
     for m in range(0, d_p):
         acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=out_ptr.dtype.element_ty)
         for k in range(0, longest):
             live = row_ok & (k < segment_length)
-            edge = segment_begin + k
+            # Index loads read a slot clamped into range instead of a masked one (rows past their
+            # segment are masked at the data loads): Triton 3.6 fails to compile masked index
+            # loads here ("tt.load op failed to verify that mask type matches ptr type").
+            edge = tl.minimum(segment_begin + k, last_slot)
             if PERMUTED:
-                edge = tl.load(perm_ptr + edge, mask=live, other=0)
+                edge = tl.load(perm_ptr + edge)
             a_row = edge
             if GATHER_A:
-                a_row = tl.load(a_index_ptr + edge, mask=live, other=0)
+                a_row = tl.load(a_index_ptr + edge)
             b_row = edge
             if GATHER_B:
-                b_row = tl.load(b_index_ptr + edge, mask=live, other=0)
+                b_row = tl.load(b_index_ptr + edge)
             mask = live[:, None] & channel_ok[None, :]
             for q in range(path_begin, path_end):
                 path = paths_ptr + tl.load(block_paths_ptr + q) * NCOL
