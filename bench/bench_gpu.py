@@ -348,7 +348,8 @@ def fcc(cells: int, device):
     positions = ((grid.reshape(-1, 1, 3) + basis).reshape(-1, 3) * a)
     positions += 0.05 * torch.randn(positions.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     cell = torch.eye(3, dtype=torch.float64) * a * cells
-    return positions.float().to(device), cell.to(device)
+    # One dtype for both: vesin-torch refuses float32 positions with a float64 cell.
+    return positions.float().to(device), cell.float().to(device)
 
 
 def nl_cases(quick: bool, repeat: int, device) -> list:

@@ -20,6 +20,18 @@ def synchronize(device: torch.device | str | None) -> None:
         torch.cuda.synchronize(device)
 
 
+def inputs_device(input_sets) -> torch.device | None:
+    """The device of the first tensor off the CPU in the input sets (searched one level into lists,
+    tuples and dicts), or None: what the timer must synchronise when no device is named."""
+    for args in input_sets:
+        for arg in args:
+            items = arg.values() if isinstance(arg, dict) else arg if isinstance(arg, (list, tuple)) else (arg,)
+            for item in items:
+                if isinstance(item, torch.Tensor) and item.device.type != "cpu":
+                    return item.device
+    return None
+
+
 def last_level_cache_bytes() -> int:
     """Size of the largest CPU cache (L3 usually), from sysfs; 32 MiB when it cannot be read."""
     best = 0
@@ -81,8 +93,12 @@ def time_interleaved(functions: dict, rotation: Rotation, warmup: int = 3, repea
     growth); then rounds are run, each calling every function once, in turn, on the next input
     set of `rotation`. Rounds continue until `repeat` rounds are done and `min_seconds` have
     passed, and stop early (after at least `min_repeat` rounds) once `max_seconds` are spent.
-    `adapt[name]` optionally converts an input set for one function (not timed)."""
+    `adapt[name]` optionally converts an input set for one function (not timed). Without a
+    `device`, the inputs' device is synchronised around each call: a GPU timer that forgets to
+    synchronise measures the launch, not the kernels (bench_gpu.py did, in its first GPU run)."""
     adapt = adapt or {}
+    if device is None:
+        device = inputs_device(rotation.input_sets)
 
     def call(name, fn):
         args = rotation.next()

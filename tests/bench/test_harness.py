@@ -177,6 +177,21 @@ def test_garbage_collection_is_off_while_timing_and_restored_after():
     assert gc.isenabled()
 
 
+def test_the_inputs_device_is_synchronised_when_none_is_named(monkeypatch):
+    """A timer given GPU inputs but no device must still wait for the kernels (bench_gpu.py's did
+    not, and timed launches). Meta tensors stand in for a GPU's: the timer must name their device."""
+    from nffk.bench import timing
+    synchronised = []
+    monkeypatch.setattr(timing, "synchronize", synchronised.append)
+    off_cpu = torch.empty(3, device="meta")
+    time_interleaved({"f": lambda *args: None}, Rotation([(1, off_cpu), ([torch.ones(2)], {"x": off_cpu})]),
+                     warmup=0, repeat=1)
+    assert synchronised == [torch.device("meta")] * 2
+    synchronised.clear()
+    time_interleaved({"f": lambda x: None}, Rotation([(torch.ones(2),)]), warmup=0, repeat=1)
+    assert synchronised == [None, None]
+
+
 def test_ratios_are_taken_within_each_case():
     """A sweep repeating a main case's config and size is a separate case: each has its own nffk time."""
     def record(impl, seconds, family):
