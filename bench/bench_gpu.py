@@ -43,6 +43,9 @@ SH = dict(vectors=200_000, lmax=(2, 4, 6, 8))
 NL = dict(cells=(10, 16), lattice=3.615, cutoff=5.0)  # Cu fcc: 4 x cells^3 atoms (4,000 and 16,384)
 
 
+TP_ONLY: list = []  # --tp-configs: the tensor-product configs to time (empty: all)
+
+
 def floor_seconds(flops: float, nbytes: float) -> float:
     return max(nbytes / H100_HBM_BYTES_PER_S, flops / H100_FP32_FLOPS)
 
@@ -204,9 +207,10 @@ def _fwd_bwd(module):
     return run
 
 
-def tp_cases(quick: bool, repeat: int, device) -> list:
-    rows = []
+def tp_cases(quick: bool, repeat: int, device):
     for name, (node, edge, out, mode, batch) in TP_CONFIGS.items():
+        if TP_ONLY and name not in TP_ONLY:
+            continue
         batch = batch // 10 if quick else batch
         ours, e3nn_module = build_tp(name, backend="triton")
         impls = {"nffk[triton]": ours.to(device)}
@@ -241,11 +245,10 @@ def tp_cases(quick: bool, repeat: int, device) -> list:
                            torch.randn(batch, ours.plan.dim_in2, device=device),
                            torch.randn(batch, numel, device=device)) for _ in range(2)]
                 row[label] = _time(make(module), inputs, repeat)
-            rows.append(row)
-    return rows
+            yield row
 
 
-def conv_cases(quick: bool, repeat: int, device) -> list:
+def conv_cases(quick: bool, repeat: int, device):
     from nffk.ops.conv import ConvGraph, conv
     nodes = CONV["nodes"] // (10 if quick else 1)
     edges = nodes * CONV["neighbours"]
@@ -289,22 +292,19 @@ def conv_cases(quick: bool, repeat: int, device) -> list:
     else:
         impls["cuEquivariance (indexed)"] = f"n/a ({why})"
     flops, nbytes = conv_floor(plan, nodes, edges)
-    rows = []
     for pass_name, make, kernels in (("forward", _fwd, 1), ("forward+backward", _fwd_bwd, 4)):
         row = {"case": "conv NequIP-like", "size": f"N={nodes:,} E={edges:,}", "pass": pass_name,
                "floor": kernels * floor_seconds(flops, nbytes)}
         for label, fn in impls.items():
             row[label] = fn if isinstance(fn, str) else _time(make(fn), inputs, repeat)
-        rows.append(row)
-    return rows
+        yield row
 
 
-def sh_cases(quick: bool, repeat: int, device) -> list:
+def sh_cases(quick: bool, repeat: int, device):
     from nffk.o3.spherical_harmonics import _scaled_coefficients
     from nffk.ops.spherical_harmonics import spherical_harmonics
     kernels = backends.triton_kernels().spherical_harmonics
     vectors = SH["vectors"] // (10 if quick else 1)
-    rows = []
     for lmax in SH["lmax"]:
         degrees = tuple(range(lmax + 1))
         coefficients = kernels.coefficient_tensor(*_scaled_coefficients(lmax, "component"), device, torch.float32)
@@ -337,8 +337,7 @@ def sh_cases(quick: bool, repeat: int, device) -> list:
                "floor": floor_seconds(flops, nbytes)}
         for label, fn in impls.items():
             row[label] = fn if isinstance(fn, str) else _time(_fwd(fn), inputs, repeat)
-        rows.append(row)
-    return rows
+        yield row
 
 
 def fcc(cells: int, device):
@@ -352,9 +351,8 @@ def fcc(cells: int, device):
     return positions.float().to(device), cell.float().to(device)
 
 
-def nl_cases(quick: bool, repeat: int, device) -> list:
+def nl_cases(quick: bool, repeat: int, device):
     from nffk.ops.neighbor_list import neighbor_list
-    rows = []
     for cells in NL["cells"][:1] if quick else NL["cells"]:
         positions, cell = fcc(cells, device)
         impls = {"nffk[triton]": lambda p, c: neighbor_list(p, NL["cutoff"], c, backend="triton")}
@@ -376,30 +374,32 @@ def nl_cases(quick: bool, repeat: int, device) -> list:
                "floor": floor_seconds(flops, nbytes)}
         for label, fn in impls.items():
             row[label] = fn if isinstance(fn, str) else _time(fn, [(positions, cell)], repeat)
-        rows.append(row)
-    return rows
+        yield row
 
 
 CASES = {"tp": tp_cases, "conv": conv_cases, "sh": sh_cases, "nl": nl_cases}
 
 
-def print_rows(rows):
+def print_header():
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | float32 | times in ms, "
-          "(xR) = R times nffk's first column, floor = H100 floor (NOTES.md)")
-    for row in rows:
-        labels = [k for k in row if k not in ("case", "size", "pass", "floor")]
-        first = row[labels[0]]
-        cells = []
-        for label in labels:
-            value = row[label]
-            if isinstance(value, str):
-                cells.append(f"{label}: {value}")
-                continue
-            ratio = f" (x{value / first:.2f})" if isinstance(first, float) and label != labels[0] else ""
-            cells.append(f"{label}: {1e3 * value:.3f}{ratio}")
-        fraction = f"{100 * row['floor'] / first:.0f}% of floor" if isinstance(first, float) else ""
-        print(f"{row['case']:24s} {row['size']:22s} {row['pass']:17s} floor {1e3 * row['floor']:.3f} | "
-              + " | ".join(cells) + f" | {fraction}")
+          "(xR) = R times nffk's first column, floor = H100 floor (NOTES.md)", flush=True)
+
+
+def print_row(row):
+    """One table row, flushed: a run cut short by a time limit keeps the rows it measured."""
+    labels = [k for k in row if k not in ("case", "size", "pass", "floor")]
+    first = row[labels[0]]
+    cells = []
+    for label in labels:
+        value = row[label]
+        if isinstance(value, str):
+            cells.append(f"{label}: {value}")
+            continue
+        ratio = f" (x{value / first:.2f})" if isinstance(first, float) and label != labels[0] else ""
+        cells.append(f"{label}: {1e3 * value:.3f}{ratio}")
+    fraction = f"{100 * row['floor'] / first:.0f}% of floor" if isinstance(first, float) else ""
+    print(f"{row['case']:24s} {row['size']:22s} {row['pass']:17s} floor {1e3 * row['floor']:.3f} | "
+          + " | ".join(cells) + f" | {fraction}", flush=True)
 
 
 def main():
@@ -407,8 +407,11 @@ def main():
     parser.add_argument("--floors", action="store_true", help="print the H100 floors of every case and exit")
     parser.add_argument("--quick", action="store_true", help="sizes / 10 and fewer repeats")
     parser.add_argument("--cases", nargs="*", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--tp-configs", nargs="*", choices=list(TP_CONFIGS), default=None,
+                        help="the tensor-product configs to time (default: all)")
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args()
+    TP_ONLY[:] = args.tp_configs or []
     if args.floors:
         print_floors()
         return 0
@@ -417,10 +420,10 @@ def main():
               "H100 floors without one.")
         return 0
     device = torch.device("cuda")
-    rows = []
+    print_header()
     for name in args.cases:
-        rows += CASES[name](args.quick, 3 if args.quick else args.repeat, device)
-    print_rows(rows)
+        for row in CASES[name](args.quick, 3 if args.quick else args.repeat, device):
+            print_row(row)
     return 0
 
 
