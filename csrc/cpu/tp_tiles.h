@@ -52,6 +52,10 @@ struct Program {
   int64_t x1_scratch = 0, out_scratch = 0, rows_size = 0, tile_a_size = 0, z_size = 0, max_ld = 0;
   int64_t out_row_size = 0;  // a whole output row in channel-major blocks (out_blocks[b].slot)
   std::vector<uint8_t> direct;  // per output block: its one path runs the kernels of tp_direct.h
+  // Every weighted path in a direct block: run_direct asks for each element's next block of
+  // weights while the current block computes, and run_elements' tile sweep leaves the weights out
+  // (run_backward's keeps them: high-order's backward was 3-4 % slower without).
+  bool weights_by_block = false;
   // vjp_x2_across: the x1 blocks it reads (x1_to_lanes), and its scratch (x1's rows of the tile in
   // lanes, then one channel group of a block's g)
   std::vector<uint8_t> x1_in_lanes;
@@ -265,6 +269,10 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
     prog.direct.push_back(direct::kAvailable && prog.group_begin[b + 1] - prog.group_begin[b] == 1 &&
                           p.mode == tp::kUVU && p.mul2 == 1 && p.mul1 % lanes == 0 && has_component_kernels(p.d3));
   }
+  prog.weights_by_block = true;
+  for (size_t b = 0; b < prog.direct.size(); ++b)
+    for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n)
+      if (prog.paths[n].has_weight && !prog.direct[b]) prog.weights_by_block = false;
   prog.x1_in_lanes.assign(prog.x1_blocks.size(), 0);
   for (size_t b = 0; b < prog.direct.size(); ++b)
     if (runs_across(prog, b)) {
@@ -891,10 +899,16 @@ bool run_direct(const Program<T>& prog, const TileIO<T>& io, size_t b, bool read
     // this block computes: large rows (high-order: 182 KB per element) are past the tile
     // prefetch's budget, and a block's 1-2 KB of each of 16 rows is too short a stream for the
     // hardware prefetcher.
+    // So are the next block's weights of each element (a direct block's: mul1 numbers). The tile
+    // sweep's copy of them came too late or was gone: nequip's forward at E = 10,000 stalled on
+    // the weight loads (half the samples of direct::forward<3>) and took 17.4 ms, 14.3 with this.
     const Block* next = b + 1 < prog.out_blocks.size() ? &prog.out_blocks[b + 1] : nullptr;
+    const tp::Path<T>* next_path = next != nullptr && prog.direct[b + 1] ? &prog.paths[prog.group_begin[b + 1]] : nullptr;
+    const bool next_weights = next_path != nullptr && next_path->has_weight && io.w[0] != nullptr;
     with_components(p.d3, [&](auto d3) {
       for (int64_t e = 0; e < io.count; ++e) {
         if (next != nullptr && reads_g_rows) prefetch_bytes(io.g[e] + next->offset, next->mul * next->d * int64_t(sizeof(T)));
+        if (next_weights) prefetch_bytes(io.w[e] + next_path->weight_offset, next_path->mul1 * int64_t(sizeof(T)));
         kernel(d3, p, xb, e);
       }
     });
@@ -1557,7 +1571,7 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
     if (stream && kernel == Kernel::kVjpX1) x1_row.allocate(dim1);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
-      const int64_t budget = prefetch_next_tile(in, e0, batch, !prog.by_element);
+      const int64_t budget = prefetch_next_tile(in, e0, batch, !prog.by_element && !prog.weights_by_block);
       if (!stream) prefetch_next_output(out_rows, e0, batch, budget);
       run_tile(kernel, prog, tile_at(in, e0, count, out_rows, dim1, dim2, dim_out), s, stream, x1_row.data());
     }
