@@ -83,6 +83,44 @@ inline void prefetch_bytes_for_write(void* row, int64_t bytes) {
   for (int64_t at = 0; at < bytes; at += 64) prefetch_line_for_write(p + at);
 }
 
+// Ranges of lines asked for a few at a time across a tile's work (plan(steps), then step() once per
+// block and drain() at the end) instead of in one burst at its start: a burst of ~3,000 lines
+// (nequip's next tile) stalls the core while the misses queue up, and much of it arrived late
+// (the x1 conversion at the next tile's start waited on memory). At most 8 ranges; more are left
+// out, a prefetch being only a hint.
+struct PacedPrefetch {
+  struct Range {
+    const char* p;
+    int64_t bytes;
+  };
+  Range ranges[8];
+  int count = 0, next = 0;
+  int64_t offset = 0, lines_per_step = 0;
+  void reset() { count = next = 0, offset = 0; }
+  void add(const void* p, int64_t bytes) {
+    if (count < 8) ranges[count++] = {static_cast<const char*>(p), bytes};
+  }
+  void plan(int64_t steps) {
+    int64_t lines = 0;
+    for (int r = 0; r < count; ++r) lines += (ranges[r].bytes + 63) / 64;
+    lines_per_step = steps > 0 ? (lines + steps - 1) / steps : lines;
+  }
+  void issue(int64_t lines) {
+    for (; lines > 0 && next < count; ) {
+      const Range& r = ranges[next];
+      prefetch_line(r.p + offset);
+      offset += 64, --lines;
+      if (offset >= r.bytes) ++next, offset = 0;
+    }
+  }
+  void step() { issue(lines_per_step); }
+  void drain() { issue(INT64_MAX); }
+};
+
+// The pacing of the tile loop running on this thread, if it paces (the tensor-product kernels step
+// it from deep inside their block loops).
+inline thread_local PacedPrefetch* paced_prefetch = nullptr;
+
 // How far ahead of what it reads a kernel that streams through rows front to back asks for them
 // (bytes), paced with the compute: one line asked for per line used (a C loop reading 28.5 KB per
 // element from memory with 4 FMAs per line: 0.79 us per element, 0.90 with the hardware prefetcher

@@ -56,6 +56,7 @@ struct Program {
   // weights while the current block computes, and run_elements' tile sweep leaves the weights out
   // (run_backward's keeps them: high-order's backward was 3-4 % slower without).
   bool weights_by_block = false;
+  bool all_direct = false;  // every output block direct (run_direct steps run_elements' pacing)
   // vjp_x2_across: the x1 blocks it reads (x1_to_lanes), and its scratch (x1's rows of the tile in
   // lanes, then one channel group of a block's g)
   std::vector<uint8_t> x1_in_lanes;
@@ -269,6 +270,7 @@ Program<T> build_program(const char* op, const at::Tensor& table, const at::Tens
     prog.direct.push_back(direct::kAvailable && prog.group_begin[b + 1] - prog.group_begin[b] == 1 &&
                           p.mode == tp::kUVU && p.mul2 == 1 && p.mul1 % lanes == 0 && has_component_kernels(p.d3));
   }
+  prog.all_direct = std::all_of(prog.direct.begin(), prog.direct.end(), [](uint8_t d) { return d != 0; });
   prog.weights_by_block = true;
   for (size_t b = 0; b < prog.direct.size(); ++b)
     for (int32_t n = prog.group_begin[b]; n < prog.group_begin[b + 1]; ++n)
@@ -905,6 +907,7 @@ bool run_direct(const Program<T>& prog, const TileIO<T>& io, size_t b, bool read
     const Block* next = b + 1 < prog.out_blocks.size() ? &prog.out_blocks[b + 1] : nullptr;
     const tp::Path<T>* next_path = next != nullptr && prog.direct[b + 1] ? &prog.paths[prog.group_begin[b + 1]] : nullptr;
     const bool next_weights = next_path != nullptr && next_path->has_weight && io.w[0] != nullptr;
+    if (paced_prefetch != nullptr) paced_prefetch->step();  // run_elements' next tile, a slice per block
     with_components(p.d3, [&](auto d3) {
       for (int64_t e = 0; e < io.count; ++e) {
         if (next != nullptr && reads_g_rows) prefetch_bytes(io.g[e] + next->offset, next->mul * next->d * int64_t(sizeof(T)));
@@ -1439,7 +1442,8 @@ TileIO<T> tile_at(const ElementOperands<T>& in, int64_t e0, int64_t count, const
 // one sweep (as many as fit in this machine's 1 MiB L2; measured: forward and vjp kernels 1.2-1.5x
 // faster on nequip, mace-medium and fully-connected at E = 1,000).
 template <typename T>
-int64_t prefetch_next_tile(const ElementOperands<T>& in, int64_t e0, int64_t batch, bool weights = true) {
+int64_t prefetch_next_tile(const ElementOperands<T>& in, int64_t e0, int64_t batch, bool weights = true,
+                           PacedPrefetch* paced = nullptr) {
   constexpr int TE = kLanes<T>;
   for (const Rows<const T>* rows : {&in.x1, &in.g}) {
     if (rows->index == nullptr || rows->base == nullptr) continue;
@@ -1453,7 +1457,11 @@ int64_t prefetch_next_tile(const ElementOperands<T>& in, int64_t e0, int64_t bat
     if (rows->index != nullptr || rows->base == nullptr || rows->stride == 0 || next <= 0) continue;
     const int64_t bytes = next * rows->stride * int64_t(sizeof(T));
     if (bytes > budget) continue;
-    prefetch_bytes(rows->row(e0 + TE), bytes);
+    if (paced != nullptr) {
+      paced->add(rows->row(e0 + TE), bytes);
+    } else {
+      prefetch_bytes(rows->row(e0 + TE), bytes);
+    }
     budget -= bytes;
   }
   return budget;
@@ -1569,12 +1577,25 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
     TPScratch<T> s(prog, kernel, dim2);
     AlignedBuffer<T> x1_row;  // a streamed x1 gradient's row, assembled in L1
     if (stream && kernel == Kernel::kVjpX1) x1_row.allocate(dim1);
+    // The forward and the weight gradient ask for the next tile's inputs a few lines per output
+    // block instead of in one burst (nequip's forward at E = 10,000: 13.7 -> 12.4 ms, vjp_w 21 ->
+    // 19). vjp_x1 and vjp_x2 were ~0.5-1 ms slower so, and keep the burst; so do programs with
+    // blocks that are not direct (nothing would step the pacing: fully-connected's forward got the
+    // whole next tile asked for at the end of the current one, 15 -> 22 ms).
+    const bool pace = prog.all_direct && (kernel == Kernel::kForward || kernel == Kernel::kVjpW);
+    PacedPrefetch paced;
+    paced_prefetch = pace ? &paced : nullptr;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
-      const int64_t budget = prefetch_next_tile(in, e0, batch, !prog.by_element && !prog.weights_by_block);
+      paced.reset();
+      const int64_t budget = prefetch_next_tile(in, e0, batch, !prog.by_element && !prog.weights_by_block,
+                                                pace ? &paced : nullptr);
+      paced.plan(int64_t(prog.out_blocks.size()));
       if (!stream) prefetch_next_output(out_rows, e0, batch, budget);
       run_tile(kernel, prog, tile_at(in, e0, count, out_rows, dim1, dim2, dim_out), s, stream, x1_row.data());
+      paced.drain();
     }
+    paced_prefetch = nullptr;
     if (stream) stream_fence();
   });
 }
