@@ -121,6 +121,14 @@ struct PacedPrefetch {
 // it from deep inside their block loops).
 inline thread_local PacedPrefetch* paced_prefetch = nullptr;
 
+// Sets paced_prefetch for a scope, and clears it however the scope is left.
+struct PacingScope {
+  explicit PacingScope(PacedPrefetch* paced) { paced_prefetch = paced; }
+  ~PacingScope() { paced_prefetch = nullptr; }
+  PacingScope(const PacingScope&) = delete;
+  PacingScope& operator=(const PacingScope&) = delete;
+};
+
 // How far ahead of what it reads a kernel that streams through rows front to back asks for them
 // (bytes), paced with the compute: one line asked for per line used (a C loop reading 28.5 KB per
 // element from memory with 4 FMAs per line: 0.79 us per element, 0.90 with the hardware prefetcher

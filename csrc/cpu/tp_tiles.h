@@ -1584,7 +1584,7 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
     // whole next tile asked for at the end of the current one, 15 -> 22 ms).
     const bool pace = prog.all_direct && (kernel == Kernel::kForward || kernel == Kernel::kVjpW);
     PacedPrefetch paced;
-    paced_prefetch = pace ? &paced : nullptr;
+    const PacingScope pacing(pace ? &paced : nullptr);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
       paced.reset();
@@ -1595,7 +1595,6 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
       run_tile(kernel, prog, tile_at(in, e0, count, out_rows, dim1, dim2, dim_out), s, stream, x1_row.data());
       paced.drain();
     }
-    paced_prefetch = nullptr;
     if (stream) stream_fence();
   });
 }
