@@ -18,6 +18,7 @@ Every time is the median of several runs with the device synchronised around eac
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -41,9 +42,6 @@ H100_FP32_FLOPS = 67e12
 CONV = dict(nodes=5_000, neighbours=30, irreps="32x0e+32x0o+32x1o+32x1e+32x2e+32x2o", sh="0e+1o+2e", lmax=2)
 SH = dict(vectors=200_000, lmax=(2, 4, 6, 8))
 NL = dict(cells=(10, 16), lattice=3.615, cutoff=5.0)  # Cu fcc: 4 x cells^3 atoms (4,000 and 16,384)
-
-
-TP_ONLY: list = []  # --tp-configs: the tensor-product configs to time (empty: all)
 
 
 def floor_seconds(flops: float, nbytes: float) -> float:
@@ -207,9 +205,10 @@ def _fwd_bwd(module):
     return run
 
 
-def tp_cases(quick: bool, repeat: int, device):
+def tp_cases(quick: bool, repeat: int, device, configs=None):
+    """Rows of the tensor-product configs (`configs`: their names; None: all)."""
     for name, (node, edge, out, mode, batch) in TP_CONFIGS.items():
-        if TP_ONLY and name not in TP_ONLY:
+        if configs and name not in configs:
             continue
         batch = batch // 10 if quick else batch
         ours, e3nn_module = build_tp(name, backend="triton")
@@ -411,7 +410,6 @@ def main():
                         help="the tensor-product configs to time (default: all)")
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args()
-    TP_ONLY[:] = args.tp_configs or []
     if args.floors:
         print_floors()
         return 0
@@ -421,8 +419,9 @@ def main():
         return 0
     device = torch.device("cuda")
     print_header()
+    cases = dict(CASES, tp=functools.partial(tp_cases, configs=args.tp_configs))
     for name in args.cases:
-        for row in CASES[name](args.quick, 3 if args.quick else args.repeat, device):
+        for row in cases[name](args.quick, 3 if args.quick else args.repeat, device):
             print_row(row)
     return 0
 

@@ -1588,8 +1588,8 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
       paced.reset();
-      const int64_t budget = prefetch_next_tile(in, e0, batch, !prog.by_element && !prog.weights_by_block,
-                                                pace ? &paced : nullptr);
+      const int64_t budget =
+          prefetch_next_tile(in, e0, batch, !prog.by_element && !prog.weights_by_block, paced_prefetch);
       paced.plan(int64_t(prog.out_blocks.size()));
       if (!stream) prefetch_next_output(out_rows, e0, batch, budget);
       run_tile(kernel, prog, tile_at(in, e0, count, out_rows, dim1, dim2, dim_out), s, stream, x1_row.data());

@@ -63,9 +63,10 @@ def release() -> None:
 
 # Peak memory of a call, from Linux's per-process high-water mark (VmHWM), which writing 5 to
 # /proc/self/clear_refs resets to the current resident size. None where either is unavailable.
-def _status_kb(field: str):
+def _proc_kb(path: str, field: str):
+    """The kB number of `field` in a /proc file of "Field: N kB" lines, or None."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
@@ -85,23 +86,17 @@ def reset_peak() -> bool:
 
 def peak_growth_bytes(resident_kb_before):
     """Bytes the high-water mark rose above `resident_kb_before` (VmRSS read right after reset_peak())."""
-    peak = _status_kb("VmHWM")
+    peak = _proc_kb("/proc/self/status", "VmHWM")
     if peak is None or resident_kb_before is None:
         return None
     return max(0, peak - resident_kb_before) * 1024
 
 
 def resident_kb():
-    return _status_kb("VmRSS")
+    return _proc_kb("/proc/self/status", "VmRSS")
 
 
 def available_bytes():
     """The system's MemAvailable, or None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    kb = _proc_kb("/proc/meminfo", "MemAvailable")
+    return None if kb is None else kb * 1024
