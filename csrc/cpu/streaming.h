@@ -5,6 +5,10 @@
 #pragma once
 #include <cstdint>
 
+#if defined(__linux__)
+#include <unistd.h>
+#endif
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -69,6 +73,18 @@ inline void prefetch_line_for_write(char* p) {
 #else
   prefetch_line(p);
 #endif
+}
+
+// One core's L2 size as the system reports it (1 MiB, this machine's, where it does not).
+inline int64_t l2_cache_bytes() {
+  static const int64_t bytes = [] {
+    long reported = 0;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return reported > 0 ? int64_t(reported) : int64_t(1) << 20;
+  }();
+  return bytes;
 }
 
 // Asks for [row, row + bytes) to be brought into the cache ahead of use.

@@ -1435,12 +1435,15 @@ TileIO<T> tile_at(const ElementOperands<T>& in, int64_t e0, int64_t count, const
 }
 
 // Asks for the rows the tile after the one at e0 will read while this one computes; returns what
-// is left of the 1 MiB budget. Gathered rows (the convolution's x at senders, g at receivers) are
+// is left of the budget. Gathered rows (the convolution's x at senders, g at receivers) are
 // scattered in memory, so each is fetched on its own. Per-element weights, g rows and x1 rows are
 // read block by block, a few hundred bytes of each of the tile's rows in turn, which the hardware
 // prefetcher does not follow: the next tile's rows of each are one contiguous range, asked for in
-// one sweep (as many as fit in this machine's 1 MiB L2; measured: forward and vjp kernels 1.2-1.5x
-// faster on nequip, mace-medium and fully-connected at E = 1,000).
+// one sweep (measured: forward and vjp kernels 1.2-1.5x faster on nequip, mace-medium and
+// fully-connected at E = 1,000). As many as fit in half of L2, the other half holding the tile being
+// computed: nequip's backward kernels read 615 KB a tile, and with all of the next one asked for,
+// the current one's rows were gone before use (10-15 % slower than leaving g, which does not fit
+// then, to run_direct's requests a block ahead).
 template <typename T>
 int64_t prefetch_next_tile(const ElementOperands<T>& in, int64_t e0, int64_t batch, bool weights = true,
                            PacedPrefetch* paced = nullptr) {
@@ -1451,7 +1454,7 @@ int64_t prefetch_next_tile(const ElementOperands<T>& in, int64_t e0, int64_t bat
       if (rows->index[e] != rows->index[e - 1]) prefetch_bytes(rows->row(e), rows->stride * int64_t(sizeof(T)));
   }
   const int64_t next = std::min(e0 + 2 * TE, batch) - e0 - TE;  // elements of the next tile
-  int64_t budget = int64_t(1) << 20;
+  int64_t budget = l2_cache_bytes() / 2;
   for (const Rows<const T>* rows : {&in.w, &in.g, &in.x1}) {
     if (rows == &in.w && !weights) continue;
     if (rows->index != nullptr || rows->base == nullptr || rows->stride == 0 || next <= 0) continue;
