@@ -53,8 +53,7 @@ struct Program {
   int64_t out_row_size = 0;  // a whole output row in channel-major blocks (out_blocks[b].slot)
   std::vector<uint8_t> direct;  // per output block: its one path runs the kernels of tp_direct.h
   // Every weighted path in a direct block: run_direct asks for each element's next block of
-  // weights while the current block computes, and run_elements' tile sweep leaves the weights out
-  // (run_backward's keeps them: high-order's backward was 3-4 % slower without).
+  // weights while the current block computes, and the forward's tile sweep leaves the weights out.
   bool weights_by_block = false;
   bool all_direct = false;  // every output block direct (run_direct steps run_elements' pacing)
   // vjp_x2_across: the x1 blocks it reads (x1_to_lanes), and its scratch (x1's rows of the tile in
@@ -1443,9 +1442,10 @@ TileIO<T> tile_at(const ElementOperands<T>& in, int64_t e0, int64_t count, const
 // fully-connected at E = 1,000). As many as fit in half of L2, the other half holding the tile being
 // computed: nequip's backward kernels read 615 KB a tile, and with all of the next one asked for,
 // the current one's rows were gone before use (10-15 % slower than leaving g, which does not fit
-// then, to run_direct's requests a block ahead).
+// then, to run_direct's requests a block ahead). weights, g_rows: whether the sweep asks for those
+// rows (not where the kernels ask for them block by block: blocks_ask_ahead).
 template <typename T>
-int64_t prefetch_next_tile(const ElementOperands<T>& in, int64_t e0, int64_t batch, bool weights = true,
+int64_t prefetch_next_tile(const ElementOperands<T>& in, int64_t e0, int64_t batch, bool weights, bool g_rows,
                            PacedPrefetch* paced = nullptr) {
   constexpr int TE = kLanes<T>;
   for (const Rows<const T>* rows : {&in.x1, &in.g}) {
@@ -1456,7 +1456,7 @@ int64_t prefetch_next_tile(const ElementOperands<T>& in, int64_t e0, int64_t bat
   const int64_t next = std::min(e0 + 2 * TE, batch) - e0 - TE;  // elements of the next tile
   int64_t budget = l2_cache_bytes() / 2;
   for (const Rows<const T>* rows : {&in.w, &in.g, &in.x1}) {
-    if (rows == &in.w && !weights) continue;
+    if ((rows == &in.w && !weights) || (rows == &in.g && !g_rows)) continue;
     if (rows->index != nullptr || rows->base == nullptr || rows->stride == 0 || next <= 0) continue;
     const int64_t bytes = next * rows->stride * int64_t(sizeof(T));
     if (bytes > budget) continue;
@@ -1468,6 +1468,20 @@ int64_t prefetch_next_tile(const ElementOperands<T>& in, int64_t e0, int64_t bat
     budget -= bytes;
   }
   return budget;
+}
+
+// Whether run_direct asks for each element's next block of g and of weights while a block computes,
+// for every block this kernel runs: every block direct, and (vjp_x2) none taken across the tile
+// (vjp_x2_across reads a block of all the tile's rows at once). Then the tile sweep leaves those
+// rows out: asked for twice, they took L2 from the tile being computed (E = 10,000, builds
+// alternated: vjp_x1 and vjp_w fused, mace-medium 17.2-18.0 -> 14.9-16.2 ms, nequip 25.7-29.9 ->
+// 23.6-24.9; vjp_x2 15.9-16.2 -> 14.4-15.5 and 24.4-26.3 -> 21.4-22.6).
+template <typename T>
+bool blocks_ask_ahead(const Program<T>& prog, Kernel kernel) {
+  if (!prog.all_direct) return false;
+  for (size_t b = 0; kernel == Kernel::kVjpX2 && b < prog.out_blocks.size(); ++b)
+    if (runs_across(prog, b)) return false;
+  return true;
 }
 
 // The next tile's rows of a per-element output, with write intent (its blocks are stored a few
@@ -1586,13 +1600,14 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
     // blocks that are not direct (nothing would step the pacing: fully-connected's forward got the
     // whole next tile asked for at the end of the current one, 15 -> 22 ms).
     const bool pace = prog.all_direct && (kernel == Kernel::kForward || kernel == Kernel::kVjpW);
+    const bool ahead = blocks_ask_ahead(prog, kernel);
     PacedPrefetch paced;
     const PacingScope pacing(pace ? &paced : nullptr);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
       paced.reset();
       const int64_t budget =
-          prefetch_next_tile(in, e0, batch, !prog.by_element && !prog.weights_by_block, paced_prefetch);
+          prefetch_next_tile(in, e0, batch, !prog.by_element && !prog.weights_by_block, !ahead, paced_prefetch);
       paced.plan(int64_t(prog.out_blocks.size()));
       if (!stream) prefetch_next_output(out_rows, e0, batch, budget);
       run_tile(kernel, prog, tile_at(in, e0, count, out_rows, dim1, dim2, dim_out), s, stream, x1_row.data());
@@ -1640,6 +1655,9 @@ void run_backward(const Program<T>& prog, const Program<T>& weight_prog, const E
   const int64_t tiles = (batch + TE - 1) / TE, tiles_per_unit = shared ? blocks->size / TE : 1;
   const int64_t units = (tiles + tiles_per_unit - 1) / tiles_per_unit;
   const int64_t grain = shared ? 1 : tile_grain<T>(dim1 + dim2 + dim_out + weight_numel);
+  // The sweep leaves g and w to run_direct where every wanted kernel's blocks ask for them ahead.
+  bool ahead = true;
+  for (const Output& o : outputs) ahead = ahead && blocks_ask_ahead(*o.prog, o.kernel);
   // vjp_w writes each element's row, or adds to its block's partial row (shared weights).
   const WeightStore weight_store = shared                                 ? WeightStore::kAdd
                                    : gw.defined() && outputs.back().stream ? WeightStore::kStream
@@ -1656,7 +1674,7 @@ void run_backward(const Program<T>& prog, const Program<T>& weight_prog, const E
       const Rows<T> w_rows = shared ? blocks->rows(unit) : gw.defined() ? outputs.back().rows : Rows<T>{};
       for (int64_t t = unit * tiles_per_unit; t < std::min(tiles, (unit + 1) * tiles_per_unit); ++t) {
         const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
-        int64_t budget = prefetch_next_tile(in, e0, batch, !(prog.by_element && weight_prog.by_element));
+        int64_t budget = prefetch_next_tile(in, e0, batch, !(prog.by_element && weight_prog.by_element) && !ahead, !ahead);
         for (const Output& o : outputs)  // without it, two gradients in one pass were slower than two kernels
           if (!o.stream) budget = prefetch_next_output(o.rows, e0, batch, budget);
         for (size_t n = 0; n < outputs.size(); ++n) {
