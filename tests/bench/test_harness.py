@@ -231,6 +231,17 @@ def test_bounds_divide_each_peer_by_the_bound_within_its_case():
     assert len(lines) == 2 and lines[1].endswith("by more than 10x e3nn")
 
 
+def test_bounds_add_the_kernels_floor_where_the_pass_has_one():
+    """With nffk's kernels at their floor as well, a peer's time is divided by bound + floor."""
+    def record(impl, seconds, **extra):
+        return dict(op="tp", config="c", size=10, size_name="batch", family=None, impl=impl, status="ok",
+                    median_s=seconds, **{"pass": "double backward"}, **extra)
+    records = [record("nffk", 2.0, floor_s=1.0), record("e3nn", 30.0), record("torch loss ops", 2.0, bound=True)]
+    (line,) = report.bounds({"records": records})
+    assert line.endswith("by more than 15x e3nn; with the kernels at the floor the bench counts for this pass too "
+                         "(1000 ms), by more than 10x e3nn")
+
+
 def test_unknown_config_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown config"):
         registry.collect(["tp"], ["no-such-config"], "quick")
