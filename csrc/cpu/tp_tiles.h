@@ -1439,11 +1439,10 @@ TileIO<T> tile_at(const ElementOperands<T>& in, int64_t e0, int64_t count, const
 // read block by block, a few hundred bytes of each of the tile's rows in turn, which the hardware
 // prefetcher does not follow: the next tile's rows of each are one contiguous range, asked for in
 // one sweep (measured: forward and vjp kernels 1.2-1.5x faster on nequip, mace-medium and
-// fully-connected at E = 1,000). As many as fit in half of L2, the other half holding the tile being
-// computed: nequip's backward kernels read 615 KB a tile, and with all of the next one asked for,
-// the current one's rows were gone before use (10-15 % slower than leaving g, which does not fit
-// then, to run_direct's requests a block ahead). weights, g_rows: whether the sweep asks for those
-// rows (not where the kernels ask for them block by block: blocks_ask_ahead).
+// fully-connected at E = 1,000). At most half of L2: the other half holds the tile being computed
+// (nequip's backward kernels read 615 KB a tile, and asking for all of the next one evicted the
+// current one's rows before use: 10-15 % slower). weights, g_rows: whether the sweep asks for those
+// rows at all (not where the kernels ask for them block by block: blocks_ask_ahead).
 template <typename T>
 int64_t prefetch_next_tile(const ElementOperands<T>& in, int64_t e0, int64_t batch, bool weights, bool g_rows,
                            PacedPrefetch* paced = nullptr) {
@@ -1658,6 +1657,7 @@ void run_backward(const Program<T>& prog, const Program<T>& weight_prog, const E
   // The sweep leaves g and w to run_direct where every wanted kernel's blocks ask for them ahead.
   bool ahead = true;
   for (const Output& o : outputs) ahead = ahead && blocks_ask_ahead(*o.prog, o.kernel);
+  const bool sweep_weights = !(prog.by_element && weight_prog.by_element) && !ahead;
   // vjp_w writes each element's row, or adds to its block's partial row (shared weights).
   const WeightStore weight_store = shared                                 ? WeightStore::kAdd
                                    : gw.defined() && outputs.back().stream ? WeightStore::kStream
@@ -1674,7 +1674,7 @@ void run_backward(const Program<T>& prog, const Program<T>& weight_prog, const E
       const Rows<T> w_rows = shared ? blocks->rows(unit) : gw.defined() ? outputs.back().rows : Rows<T>{};
       for (int64_t t = unit * tiles_per_unit; t < std::min(tiles, (unit + 1) * tiles_per_unit); ++t) {
         const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
-        int64_t budget = prefetch_next_tile(in, e0, batch, !(prog.by_element && weight_prog.by_element) && !ahead, !ahead);
+        int64_t budget = prefetch_next_tile(in, e0, batch, sweep_weights, !ahead);
         for (const Output& o : outputs)  // without it, two gradients in one pass were slower than two kernels
           if (!o.stream) budget = prefetch_next_output(o.rows, e0, batch, budget);
         for (size_t n = 0; n < outputs.size(); ++n) {
