@@ -1589,24 +1589,24 @@ void run_elements(Kernel kernel, const Program<T>& prog, const ElementOperands<T
   const int64_t grain = tile_grain<T>(dim1 + dim2 + dim_out + wstride);
   const Rows<T> out_rows{po, out_stride, nullptr};
   const bool stream = streams_output<T>(kernel, out);
+  // The forward and the weight gradient ask for the next tile's inputs a few lines per output
+  // block instead of in one burst (nequip's forward at E = 10,000: 13.7 -> 12.4 ms, vjp_w 21 ->
+  // 19). vjp_x1 and vjp_x2 were ~0.5-1 ms slower so, and keep the burst; so do programs with
+  // blocks that are not direct (nothing would step the pacing: fully-connected's forward got the
+  // whole next tile asked for at the end of the current one, 15 -> 22 ms).
+  const bool pace = prog.all_direct && (kernel == Kernel::kForward || kernel == Kernel::kVjpW);
+  const bool sweep_weights = !prog.by_element && !prog.weights_by_block;
+  const bool sweep_g = !blocks_ask_ahead(prog, kernel);
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
     TPScratch<T> s(prog, kernel, dim2);
     AlignedBuffer<T> x1_row;  // a streamed x1 gradient's row, assembled in L1
     if (stream && kernel == Kernel::kVjpX1) x1_row.allocate(dim1);
-    // The forward and the weight gradient ask for the next tile's inputs a few lines per output
-    // block instead of in one burst (nequip's forward at E = 10,000: 13.7 -> 12.4 ms, vjp_w 21 ->
-    // 19). vjp_x1 and vjp_x2 were ~0.5-1 ms slower so, and keep the burst; so do programs with
-    // blocks that are not direct (nothing would step the pacing: fully-connected's forward got the
-    // whole next tile asked for at the end of the current one, 15 -> 22 ms).
-    const bool pace = prog.all_direct && (kernel == Kernel::kForward || kernel == Kernel::kVjpW);
-    const bool ahead = blocks_ask_ahead(prog, kernel);
     PacedPrefetch paced;
     const PacingScope pacing(pace ? &paced : nullptr);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t e0 = t * TE, count = std::min<int64_t>(TE, batch - e0);
       paced.reset();
-      const int64_t budget =
-          prefetch_next_tile(in, e0, batch, !prog.by_element && !prog.weights_by_block, !ahead, paced_prefetch);
+      const int64_t budget = prefetch_next_tile(in, e0, batch, sweep_weights, sweep_g, paced_prefetch);
       paced.plan(int64_t(prog.out_blocks.size()));
       if (!stream) prefetch_next_output(out_rows, e0, batch, budget);
       run_tile(kernel, prog, tile_at(in, e0, count, out_rows, dim1, dim2, dim_out), s, stream, x1_row.data());
